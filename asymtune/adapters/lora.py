@@ -1,0 +1,166 @@
+"""Asymmetric LoRA on top of PEFT: W = W0 + s·B·A with per-factor init and trainability.
+
+`apply` wraps a model with PEFT's LoRA (so adapters stay loadable by
+`PeftModel.from_pretrained`), then overwrites A and B with the recipe's initialisers and
+freezes the factors the recipe freezes. A frozen factor becomes a *buffer* of its
+`nn.Linear` instead of a parameter: it keeps its state-dict key (PEFT format unchanged) but is
+invisible to optimizers and to PEFT's `set_adapter`/`requires_grad_`, so the freeze cannot be
+undone by accident. `load_adapter` restores the same freeze after `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from asymtune import atomic
+from asymtune.adapters.init import make_factor
+from asymtune.recipe import AdapterSpec
+
+ADAPTER_SPEC_FILE = "asymtune_adapter.json"
+PEFT_PREFIX = "base_model.model."
+
+
+class AdapterError(Exception):
+    """The adapter cannot be built on this model (e.g. a target module does not exist)."""
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Parameter bookkeeping of an adapted model; `base` counts the model without adapters."""
+
+    base: int
+    trainable_A: int
+    trainable_B: int
+    frozen_A: int
+    frozen_B: int
+    trainable_other: int
+
+    @property
+    def trainable(self) -> int:
+        return self.trainable_A + self.trainable_B + self.trainable_other
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.base
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "trainable": self.trainable, "trainable_percent": self.trainable_percent}
+
+
+def apply(
+    model: nn.Module, spec: AdapterSpec, task_type: str | None = None, adapter_name: str = "default"
+) -> PeftModel:
+    """Wrap `model` with LoRA per `spec`: PEFT layers, then recipe inits, then the recipe's freeze."""
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.targets,
+        bias="none",
+        task_type=task_type,
+    )
+    try:
+        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    except ValueError as error:
+        if "not found in the base model" not in str(error):
+            raise
+        raise AdapterError(
+            f"adapter.targets {spec.targets!r} match no module of this model; linear layers it has: "
+            f"{', '.join(linear_layer_names(model))}"
+        ) from None
+    for name, layer in lora_layers(peft_model, adapter_name):
+        _initialise_layer(layer, name, spec, adapter_name)
+    freeze_factors(peft_model, spec, adapter_name)
+    return peft_model
+
+
+def lora_layers(model: nn.Module, adapter_name: str = "default") -> list[tuple[str, LoraLayer]]:
+    """(module name in the base model, layer) for every LoRA layer holding `adapter_name`."""
+    return [
+        (name.removeprefix(PEFT_PREFIX), module)
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+    ]
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last-name components of the model's nn.Linear layers (what `targets` can name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+
+def freeze_factors(peft_model: PeftModel, spec: AdapterSpec, adapter_name: str = "default") -> None:
+    """Turn every factor the recipe freezes into a buffer (idempotent)."""
+    for _, layer in lora_layers(peft_model, adapter_name):
+        for factor, container in (("A", layer.lora_A), ("B", layer.lora_B)):
+            if not getattr(spec, factor).trainable:
+                _weight_to_buffer(container[adapter_name])
+
+
+def save_adapter(peft_model: PeftModel, spec: AdapterSpec, adapter_dir: Path) -> None:
+    """PEFT's `save_pretrained` plus the factor spec (so `load_adapter` can restore the freeze), atomically."""
+    with atomic.directory(adapter_dir) as scratch:
+        peft_model.save_pretrained(str(scratch))
+        (scratch / ADAPTER_SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False) -> PeftModel:
+    """`PeftModel.from_pretrained`, then re-freeze the factors the run froze (PEFT re-enables them)."""
+    adapter_dir = Path(adapter_dir)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    spec_file = adapter_dir / ADAPTER_SPEC_FILE
+    if spec_file.is_file():
+        freeze_factors(peft_model, AdapterSpec.model_validate_json(spec_file.read_text()))
+    return peft_model
+
+
+def count_parameters(peft_model: nn.Module, adapter_name: str = "default") -> ParameterCounts:
+    """Count trainable/frozen A and B (parameters or frozen buffers) and the base model's parameters."""
+    counts = dict.fromkeys(("trainable_A", "trainable_B", "frozen_A", "frozen_B"), 0)
+    for _, layer in lora_layers(peft_model, adapter_name):
+        for factor, container in (("A", layer.lora_A), ("B", layer.lora_B)):
+            weight = container[adapter_name].weight
+            state = "trainable" if weight.requires_grad else "frozen"
+            counts[f"{state}_{factor}"] += weight.numel()
+    base = trainable_other = 0
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            continue
+        if param.requires_grad:
+            trainable_other += param.numel()
+        if "modules_to_save" not in name:
+            base += param.numel()
+    return ParameterCounts(base=base, trainable_other=trainable_other, **counts)
+
+
+def _initialise_layer(layer: LoraLayer, name: str, spec: AdapterSpec, adapter_name: str) -> None:
+    base_weight = layer.get_base_layer().weight
+    if getattr(layer, "fan_in_fan_out", False):
+        base_weight = base_weight.T
+    for factor, container in (("A", layer.lora_A), ("B", layer.lora_B)):
+        weight = container[adapter_name].weight
+        value = make_factor(
+            getattr(spec, factor).init,
+            factor,
+            tuple(weight.shape),
+            spec.rank,
+            spec.seed,
+            name,
+            base_weight,
+        )
+        with torch.no_grad():
+            weight.copy_(value.to(dtype=weight.dtype))
+
+
+def _weight_to_buffer(linear: nn.Module) -> None:
+    if "weight" not in linear._parameters:
+        return
+    weight = linear.weight.detach()
+    del linear.weight
+    linear.register_buffer("weight", weight)

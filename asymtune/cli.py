@@ -1,0 +1,185 @@
+"""The `asymtune` command line: parse arguments, call the library, render with report.py."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from asymtune import assets, runs
+from asymtune import recipe as recipes
+from asymtune.adapters.lora import AdapterError
+from asymtune.assets import AssetError
+from asymtune.data.sources import DataError
+from asymtune.models import ModelLoadError
+from asymtune.report import console, format_value, summary_table
+
+SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+# Problems with what the user gave us (recipe, data, model, paths): one line, exit 2.
+INPUT_ERRORS = (recipes.RecipeError, AdapterError, AssetError, DataError, ModelLoadError, runs.RunDirError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def load_recipe(path: str, overrides: tuple[str, ...] = ()) -> recipes.Recipe:
+    try:
+        return recipes.load(path, overrides)
+    except recipes.RecipeError as error:
+        fail(str(error))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="asymtune")
+def main() -> None:
+    """Fine-tune foundation models with asymmetric low-rank adapters, from YAML recipes."""
+
+
+@main.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value.")
+@click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Root folder for run directories.")
+def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None:
+    """Train the adapter a recipe describes into a new run directory."""
+    from asymtune.tasks import sft
+
+    recipe = load_recipe(recipe_file, overrides)
+    run = runs.RunDir.create(Path(output_dir), recipe.name)
+    run.write_recipe(recipe)
+    run.write_env(recipe, sys.argv)
+    run.set_status("running")
+    console.print(f"run directory: [bold]{run.path}[/bold]")
+    try:
+        metrics = sft.run(recipe, run)
+    except INPUT_ERRORS as error:
+        run.set_status("failed", error=str(error))
+        fail(str(error))
+    except KeyboardInterrupt:
+        run.set_status("interrupted")
+        fail(f"interrupted; partial run kept in {run.path}", code=130)
+    except Exception as error:
+        (run.path / "logs").mkdir(exist_ok=True)
+        (run.path / "logs" / "error.log").write_text(traceback.format_exc())
+        run.set_status("failed", error=f"{type(error).__name__}: {error}")
+        fail(f"training failed: {type(error).__name__}: {error} (traceback in {run.path}/logs/error.log)", 1)
+    run.write_metrics(metrics)
+    run.set_status("completed")
+    console.print(summary_table(f"{recipe.name} — done", metrics))
+    console.print(f"adapter saved to [bold]{run.adapter_dir}[/bold]")
+
+
+@main.command()
+@click.argument("recipe_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value.")
+def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check recipes (schema, extends, pointless settings) without loading any model."""
+    problems = []
+    for path in recipe_files:
+        try:
+            recipe = recipes.load(path, overrides)
+        except recipes.RecipeError as error:
+            problems.append(str(error))
+            continue
+        adapter = recipe.adapter
+        console.print(
+            f"[green]ok[/green] {path}: {recipe.name} — A {adapter.A.init}"
+            f"{'' if adapter.A.trainable else ' (frozen)'}, B {adapter.B.init}"
+            f"{'' if adapter.B.trainable else ' (frozen)'}, r={adapter.rank}, alpha={adapter.lora_alpha:g}",
+            highlight=False,
+        )
+    if problems:
+        fail("\n".join(problems))
+
+
+@main.command(name="recipes")
+@click.option("--dir", "folder", default=str(SHIPPED_RECIPES), show_default=True, type=click.Path(file_okay=False))
+def list_recipes(folder: str) -> None:
+    """List the shipped recipes with their one-line descriptions."""
+    root = Path(folder)
+    files = sorted(root.rglob("*.yaml"))
+    if not files:
+        fail(f"{root}: no recipes found")
+    table = Table(title=f"Recipes in {root}")
+    table.add_column("recipe")
+    table.add_column("description")
+    for file in files:
+        try:
+            description = recipes.load(file).description
+        except recipes.RecipeError:
+            continue  # partial base recipes (meant to be extended) are not runnable on their own
+        table.add_row(str(file.relative_to(root)), description)
+    console.print(table)
+
+
+@main.group(name="assets")
+def assets_group() -> None:
+    """Offline models and data that ship inside PyPI packages."""
+
+
+@assets_group.command(name="list")
+def assets_list() -> None:
+    """List the named assets and whether they are in the cache."""
+    table = Table(title=f"Assets (cache: {assets.cache_dir()})")
+    for column in ("name", "package", "ready", "description"):
+        table.add_column(column)
+    for asset in assets.ASSETS.values():
+        ready = "yes" if assets.prepared_path(asset).exists() else "no"
+        table.add_row(asset.name, f"{asset.package}=={asset.version}", ready, asset.description)
+    console.print(table)
+
+
+@assets_group.command(name="fetch")
+@click.argument("names", nargs=-1)
+def assets_fetch(names: tuple[str, ...]) -> None:
+    """Download and prepare assets (all of them when none is named)."""
+    unknown = [name for name in names if not assets.is_asset(name)]
+    if unknown:
+        fail(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(assets.ASSETS)}")
+    for name in names or tuple(assets.ASSETS):
+        try:
+            path = assets.fetch(assets.ASSETS[name], console.print)
+        except AssetError as error:
+            fail(str(error))
+        console.print(f"[green]ready[/green] {name}: {path}", highlight=False)
+
+
+@main.command()
+@click.argument("run_paths", nargs=-1, required=True)
+def compare(run_paths: tuple[str, ...]) -> None:
+    """Compare runs side by side: factors, rank, trainable parameters, eval metrics, status."""
+    try:
+        found = runs.expand(list(run_paths))
+    except runs.RunDirError as error:
+        fail(str(error))
+    table = Table(title="Runs")
+    for column in ("run", "status", "A", "B", "rank", "trainable", "% base", "eval loss", "perplexity"):
+        table.add_column(column, justify="left" if column in {"run", "status", "A", "B"} else "right")
+    for run in found:
+        recipe = recipes.validate(_read_yaml(run.path / "recipe.yaml"), {}, run.path / "recipe.yaml")
+        metrics = run.read_json("metrics.json") or {}
+        params = metrics.get("parameters", {})
+        adapter = recipe.adapter
+        table.add_row(
+            f"{recipe.name}\n{run.path.name}",
+            run.status,
+            f"{adapter.A.init}{'' if adapter.A.trainable else ' frozen'}",
+            f"{adapter.B.init}{'' if adapter.B.trainable else ' frozen'}",
+            str(adapter.rank),
+            format_value(params.get("trainable")),
+            format_value(params.get("trainable_percent")),
+            format_value(metrics.get("eval_loss")),
+            format_value(metrics.get("eval_perplexity")),
+        )
+    console.print(table)
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,81 @@
+"""Base models and tokenizers from a hub id, a local folder, a named asset or a GGUF file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from asymtune import assets
+from asymtune.recipe import ModelSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(Exception):
+    """The model named by the recipe could not be loaded; the message says from where it was tried."""
+
+
+def select_dtype(requested: str) -> torch.dtype:
+    """`auto`: bfloat16 on a CUDA GPU that supports it, float32 otherwise (CPU)."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_gguf(gguf_file: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a GGUF checkpoint dequantized to float32, as a plain (unquantized) transformers model."""
+    folder, filename = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    # The weights are already dequantized; drop the GGUF marker so the model saves and trains as a normal one.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def load_causal_lm(
+    spec: ModelSpec, log: Callable[[str], None] = print
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer for `spec`, in the dtype `select_dtype(spec.dtype)` picks."""
+    dtype = select_dtype(spec.dtype)
+    if spec.gguf_file is not None:
+        gguf_file = Path(spec.gguf_file)
+        if not gguf_file.is_file():
+            raise ModelLoadError(f"model.gguf_file: {gguf_file} does not exist")
+        model, tokenizer = load_gguf(gguf_file)
+        return model.to(dtype), _with_pad_token(tokenizer)
+    source = _source(spec.name, log)
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"model.name {spec.name!r} is not a local folder or a known asset "
+            f"({', '.join(assets.ASSETS)}), and loading it from the hub failed: {_first_line(error)}"
+        ) from None
+    return model, _with_pad_token(tokenizer)
+
+
+def _source(name: str, log: Callable[[str], None]) -> str:
+    if Path(name).is_dir():
+        return name
+    if assets.is_asset(name):
+        return str(assets.resolve(name, log))
+    return name
+
+
+def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,293 @@
+"""Recipes: typed YAML documents that say what to fine-tune and how.
+
+`load(path, overrides)` reads a recipe with `yaml.safe_load`, resolves `extends:` (a path
+relative to the file, deep-merged, the child wins, cycles rejected), applies `--set
+key.path=value` overrides (values parsed as YAML) and validates the result against the
+pydantic models below. Every problem is raised as one `RecipeError` naming the file and the
+dotted key, so the CLI can print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = re.compile(r"^[a-z0-9._-]+$")
+FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
+
+
+class RecipeError(Exception):
+    """A recipe problem, phrased for the user: file, dotted key, what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FactorSpec(_Strict):
+    """How one LoRA factor starts and whether the optimizer updates it."""
+
+    init: FactorInit
+    trainable: bool
+
+
+class ModelSpec(_Strict):
+    name: str | None = Field(None, description="hub id, local folder, or asset name")
+    gguf_file: str | None = Field(None, description="local GGUF file, dequantized on load")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _name_or_gguf(self) -> ModelSpec:
+        if self.name is None and self.gguf_file is None:
+            raise ValueError("give model.name (hub id, folder or asset) or model.gguf_file")
+        return self
+
+
+class DataSpec(_Strict):
+    train: str = Field(description="hub dataset id, local json/jsonl/csv/parquet file, or asset name")
+    format: Literal["alpaca", "prompt_completion", "messages"]
+    split: str = "train"
+    eval: str | None = Field(None, description="held-out file or hub id; else eval_fraction of train")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    max_length: int = Field(1024, ge=8)
+    completion_only_loss: bool = True
+
+
+class AdapterSpec(_Strict):
+    method: Literal["lora"] = "lora"
+    rank: int = Field(ge=1)
+    alpha: float | None = Field(None, gt=0, description="default 2 x rank, as in the paper")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] | Literal["all-linear"]
+    seed: int = 0
+    A: FactorSpec = FactorSpec(init="kaiming_uniform", trainable=True)
+    B: FactorSpec = FactorSpec(init="zero", trainable=True)
+
+    @property
+    def scale(self) -> float:
+        """s = alpha / r, the factor in W0 + s·B·A."""
+        return self.lora_alpha / self.rank
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_not_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("list at least one module name, or write 'all-linear'")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_can_learn(self) -> AdapterSpec:
+        a, b = self.A, self.B
+        if not a.trainable and not b.trainable:
+            raise ValueError("nothing is trainable: set A.trainable or B.trainable to true")
+        if b.init == "zero" and not b.trainable:
+            raise ValueError(
+                "B is frozen at zero, so B·A stays zero and the adapter can never change the model; "
+                "train B or give it a non-zero init"
+            )
+        if a.init == "zero" and not a.trainable:
+            raise ValueError(
+                "A is frozen at zero, so B·A stays zero and the adapter can never change the model; "
+                "train A or give it a non-zero init"
+            )
+        if a.init == "zero" and b.init == "zero":
+            raise ValueError(
+                "A and B are both zero-initialised: every gradient of B·A is zero, so neither ever moves; "
+                "give one factor a non-zero init (the paper: orthogonal or kaiming_uniform)"
+            )
+        return self
+
+
+class TrainSpec(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default: at the end")
+    gradient_checkpointing: bool = False
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    task: Literal["sft"]
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec
+    adapter: AdapterSpec
+    train: TrainSpec = TrainSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} may use only lowercase letters, digits, '.', '_' and '-'")
+        if value in {".", ".."}:
+            raise ValueError(f"{value!r} is not a usable folder name")
+        return value
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, merge, override and validate a recipe; raise RecipeError on any problem."""
+    path = Path(path)
+    document, origins = _read_with_extends(path, chain=())
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(document, key, value, origins, source=f"--set {override}")
+    return validate(document, origins, path)
+
+
+def validate(document: dict[str, Any], origins: dict[str, str], path: Path) -> Recipe:
+    """Validate a merged recipe document; `origins` maps dotted keys to the file that set them."""
+    try:
+        return Recipe.model_validate(document)
+    except ValidationError as error:
+        problems = [_describe(issue, origins, path) for issue in error.errors()]
+        raise RecipeError("\n".join(problems)) from None
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what a run directory stores)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text") from None
+    if document is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(document, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(document).__name__}")
+    return document
+
+
+def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise RecipeError(f"{path}: 'extends' forms a cycle: {cycle}")
+    document = _read_yaml(path)
+    parent_ref = document.pop("extends", None)
+    own_origins = {key: str(path) for key in _dotted_keys(document)}
+    if parent_ref is None:
+        return document, own_origins
+    if not isinstance(parent_ref, str):
+        raise RecipeError(f"{path}: 'extends' must be a relative path to another recipe")
+    parent_path = path.parent / parent_ref
+    if not parent_path.is_file():
+        raise RecipeError(f"{path}: 'extends' names {parent_ref!r}, but {parent_path} does not exist")
+    parent, origins = _read_with_extends(parent_path, (*chain, resolved))
+    origins.update(own_origins)
+    return _deep_merge(parent, document), origins
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _dotted_keys(document: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in document.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, dotted + "."))
+    return keys
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {override!r}: expected key.path=value, e.g. train.learning_rate=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise RecipeError(f"--set {override!r}: the value is not valid YAML: {error}") from None
+    return key.strip(), value
+
+
+def _set_dotted(
+    document: dict[str, Any], key: str, value: Any, origins: dict[str, str], source: str
+) -> None:
+    parts = key.split(".")
+    node = document
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise RecipeError(f"{source}: '{prefix}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+    for dotted in [key, *(f"{key}.{k}" for k in (_dotted_keys(value) if isinstance(value, dict) else []))]:
+        origins[dotted] = source
+
+
+def _describe(issue: dict[str, Any], origins: dict[str, str], path: Path) -> str:
+    loc = tuple(str(part) for part in issue["loc"])
+    dotted = ".".join(loc)
+    where = origins.get(dotted) or _nearest_origin(loc, origins) or str(path)
+    if issue["type"] == "extra_forbidden":
+        message = f"{where}: unknown key '{dotted}'"
+        suggestion = _closest_key(loc)
+        return message + (f"; did you mean '{suggestion}'?" if suggestion else "")
+    if issue["type"] == "missing":
+        return f"{where}: missing required key '{dotted}'"
+    text = issue["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"{where}: {text}"
+    given = issue.get("input")
+    if isinstance(given, dict):  # a cross-field rule on a whole section
+        return f"{where}: '{dotted}': {text}"
+    return f"{where}: '{dotted}': {text} (got {given!r})"
+
+
+def _nearest_origin(loc: tuple[str, ...], origins: dict[str, str]) -> str | None:
+    for cut in range(len(loc) - 1, 0, -1):
+        found = origins.get(".".join(loc[:cut]))
+        if found:
+            return found
+    return None
+
+
+def _closest_key(loc: tuple[str, ...]) -> str | None:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    matches = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    return matches[0] if matches else None

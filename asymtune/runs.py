@@ -1,0 +1,144 @@
+"""Run directories: runs/<name>/<YYYYmmdd-HHMMSS>-<id>/ holding everything a run produced.
+
+Layout: recipe.yaml (resolved), env.json, status.json, metrics.json, logs/train.jsonl,
+adapter/ (PEFT format). Every file is written atomically; an existing run dir is never reused.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asymtune import atomic
+from asymtune.recipe import Recipe, to_yaml
+
+LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pydantic")
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+class RunDirError(Exception):
+    """A path given as a run directory is not one."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """One run's folder; create with `RunDir.create`, read back with `RunDir.open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, root: Path, name: str) -> RunDir:
+        """A new, empty run folder under root/name (never an existing one)."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = root / name / f"{stamp}-{secrets.token_hex(3)}"
+        path.mkdir(parents=True, exist_ok=False)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        if not (path / "status.json").is_file():
+            raise RunDirError(f"{path}: not a run directory (no status.json)")
+        return cls(path)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "logs" / "train.jsonl"
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        atomic.write_text(self.path / "recipe.yaml", to_yaml(recipe))
+
+    def write_env(self, recipe: Recipe, argv: list[str]) -> None:
+        atomic.write_json(self.path / "env.json", environment(recipe.seed, argv))
+
+    def set_status(self, status: str, **details: Any) -> None:
+        assert status in STATUSES, status
+        previous = self.read_json("status.json") or {}
+        record = {"status": status, "started": previous.get("started", _now()), "updated": _now(), **details}
+        atomic.write_json(self.path / "status.json", record)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic.write_json(self.path / "metrics.json", metrics)
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        """One JSON line per logging step (append-only; a torn last line is the only possible loss)."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        file = self.path / name
+        return json.loads(file.read_text()) if file.is_file() else None
+
+    @property
+    def status(self) -> str:
+        return (self.read_json("status.json") or {}).get("status", "unknown")
+
+
+def environment(seed: int, argv: list[str]) -> dict[str, Any]:
+    """Versions, seed, argv, git commit of the asymtune checkout (if any), device and host."""
+    versions = {}
+    for library in LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            versions[library] = None
+    return {
+        "created": _now(),
+        "seed": seed,
+        "argv": argv,
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "started_unix": time.time(),
+    }
+
+
+def expand(patterns: list[str]) -> list[RunDir]:
+    """Run dirs named by paths or globs; a folder holding run dirs expands to all of them."""
+    found: list[RunDir] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        for match in matches:
+            path = Path(match)
+            if (path / "status.json").is_file():
+                found.append(RunDir(path))
+                continue
+            nested = sorted(p.parent for p in path.glob("**/status.json"))
+            if not nested:
+                raise RunDirError(f"{match}: not a run directory and holds none")
+            found.extend(RunDir(p) for p in nested)
+    return found
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None

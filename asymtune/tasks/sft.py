@@ -1,0 +1,139 @@
+"""`task: sft` — instruction tuning of a causal LM with TRL's SFTTrainer on an asymmetric adapter."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import datasets
+import torch
+from transformers import PrinterCallback, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from asymtune.adapters import lora
+from asymtune.data.formats import to_prompt_completion
+from asymtune.data.sources import load_table
+from asymtune.data.splits import train_eval_split
+from asymtune.models import load_causal_lm
+from asymtune.recipe import Recipe
+from asymtune.report import ProgressCallback, console, parameter_table
+from asymtune.runs import RunDir
+
+
+class StepLogCallback(TrainerCallback):
+    """Append every Trainer log (loss, lr, eval loss, ...) as one JSON line to the run's log."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.run.append_log({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})})
+
+
+class TimeToFirstStepCallback(TrainerCallback):
+    """Record seconds from the start of the run to the end of the first optimizer step."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.seconds: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+            console.print(f"time to first step: {self.seconds:.1f}s (model load, data prep, first step)")
+
+
+def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Train and eval splits of the recipe's data, as prompt/completion columns."""
+    spec = recipe.data
+    train = to_prompt_completion(load_table(spec.train, spec.split, console.print), spec.format, spec.train)
+    held_out = None
+    if spec.eval is not None:
+        held_out = to_prompt_completion(load_table(spec.eval, "validation", console.print), spec.format, spec.eval)
+    return train_eval_split(
+        train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples, spec.max_eval_samples
+    )
+
+
+def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool, dtype: torch.dtype) -> SFTConfig:
+    """SFTConfig from the recipe's train/data sections (no checkpoints: the adapter is saved at the end)."""
+    train, data = recipe.train, recipe.data
+    periodic_eval = has_eval and train.eval_steps is not None
+    return SFTConfig(
+        output_dir=str(run.path / "checkpoints"),
+        seed=recipe.seed,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        lr_scheduler_type=train.lr_scheduler,
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=train.eval_steps if periodic_eval else None,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=train.gradient_checkpointing,
+        max_length=data.max_length,
+        completion_only_loss=data.completion_only_loss,
+        dataset_num_proc=None,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token cross-entropy); inf where that overflows."""
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
+    """Train per `recipe`, save the adapter into `run`, and return the final metrics."""
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+    model, tokenizer = load_causal_lm(recipe.model, console.print)
+    dtype = model.dtype
+    peft_model = lora.apply(model, recipe.adapter, task_type="CAUSAL_LM")
+    counts = lora.count_parameters(peft_model)
+    console.print(parameter_table(counts))
+    train_set, eval_set = build_datasets(recipe)
+    console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
+
+    first_step = TimeToFirstStepCallback(started)
+    trainer = SFTTrainer(
+        model=peft_model,
+        args=trainer_arguments(recipe, run, eval_set is not None, dtype),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
+    )
+    trainer.remove_callback(PrinterCallback)
+    before = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+    result = trainer.train()
+    lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
+
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "time_to_first_step_s": first_step.seconds,
+        "train_rows": len(train_set),
+    }
+    if eval_set is not None:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics.update(
+            eval_loss_before=before,
+            eval_loss=eval_loss,
+            eval_perplexity=perplexity(eval_loss),
+            eval_rows=len(eval_set),
+        )
+    metrics["parameters"] = counts.as_dict()
+    return metrics
