@@ -11,15 +11,10 @@ from rich.table import Table
 
 from asymtune import assets, runs
 from asymtune import recipe as recipes
-from asymtune.adapters.lora import AdapterError
 from asymtune.assets import AssetError
-from asymtune.data.sources import DataError
-from asymtune.models import ModelLoadError
 from asymtune.report import console, format_value, summary_table
 
 SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-# Problems with what the user gave us (recipe, data, model, paths): one line, exit 2.
-INPUT_ERRORS = (recipes.RecipeError, AdapterError, AssetError, DataError, ModelLoadError, runs.RunDirError)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -47,9 +42,14 @@ def main() -> None:
               help="Root folder for run directories.")
 def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None:
     """Train the adapter a recipe describes into a new run directory."""
+    recipe = load_recipe(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
+    from asymtune.adapters.lora import AdapterError  # torch/transformers load only when training
+    from asymtune.data.sources import DataError
+    from asymtune.models import ModelLoadError
     from asymtune.tasks import sft
 
-    recipe = load_recipe(recipe_file, overrides)
+    # Problems with what the user gave us (data, model, targets): one message, exit 2.
+    input_errors = (AdapterError, AssetError, DataError, ModelLoadError)
     run = runs.RunDir.create(Path(output_dir), recipe.name)
     run.write_recipe(recipe)
     run.write_env(recipe, sys.argv)
@@ -57,7 +57,7 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     console.print(f"run directory: [bold]{run.path}[/bold]")
     try:
         metrics = sft.run(recipe, run)
-    except INPUT_ERRORS as error:
+    except input_errors as error:
         run.set_status("failed", error=str(error))
         fail(str(error))
     except KeyboardInterrupt:
@@ -151,12 +151,15 @@ def assets_fetch(names: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("run_paths", nargs=-1, required=True)
-def compare(run_paths: tuple[str, ...]) -> None:
+@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
+def compare(run_paths: tuple[str, ...], latest: bool) -> None:
     """Compare runs side by side: factors, rank, trainable parameters, eval metrics, status."""
     try:
         found = runs.expand(list(run_paths))
     except runs.RunDirError as error:
         fail(str(error))
+    if latest:  # run folders are named <timestamp>-<id>, so the last per parent is the newest
+        found = list({run.path.parent: run for run in sorted(found, key=lambda r: r.path)}.values())
     table = Table(title="Runs")
     for column in ("run", "status", "A", "B", "rank", "trainable", "% base", "eval loss", "perplexity"):
         table.add_column(column, justify="left" if column in {"run", "status", "A", "B"} else "right")
@@ -183,3 +186,5 @@ def _read_yaml(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+if __name__ == "__main__":
+    main()

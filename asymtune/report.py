@@ -1,61 +1,17 @@
-"""Terminal output: rich progress for training, parameter and summary tables."""
+"""Terminal output: the shared rich console, parameter and summary tables (no heavy imports)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from transformers import TrainerCallback
 
-from asymtune.adapters.lora import ParameterCounts
+if TYPE_CHECKING:
+    from asymtune.adapters.lora import ParameterCounts
 
 console = Console(stderr=True)
-
-
-class ProgressCallback(TrainerCallback):
-    """A rich progress bar over optimizer steps showing the latest loss and learning rate."""
-
-    def __init__(self) -> None:
-        self._progress: Progress | None = None
-        self._task = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("lr {task.fields[lr]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=state.max_steps, loss="-", lr="-")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._progress.update(self._task, completed=state.global_step)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        fields = {}
-        if "loss" in logs:
-            fields["loss"] = f"{logs['loss']:.4f}"
-        if "learning_rate" in logs:
-            fields["lr"] = f"{logs['learning_rate']:.2e}"
-        if fields and self._progress is not None:
-            self._progress.update(self._task, **fields)
-        if "eval_loss" in logs:
-            console.print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def parameter_table(counts: ParameterCounts) -> Table:

@@ -19,8 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from asymtune import atomic
 from asymtune.recipe import Recipe, to_yaml
 
@@ -96,6 +94,7 @@ class RunDir:
 
 def environment(seed: int, argv: list[str]) -> dict[str, Any]:
     """Versions, seed, argv, git commit of the asymtune checkout (if any), device and host."""
+    import torch  # only runs that train need it; keep `compare` and friends light
     versions = {}
     for library in LIBRARIES:
         try:

@@ -8,40 +8,18 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import PrinterCallback, TrainerCallback, set_seed
+from transformers import PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from asymtune.adapters import lora
+from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
 from asymtune.data.formats import to_prompt_completion
-from asymtune.data.sources import load_table
+from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
-from asymtune.report import ProgressCallback, console, parameter_table
+from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
-
-
-class StepLogCallback(TrainerCallback):
-    """Append every Trainer log (loss, lr, eval loss, ...) as one JSON line to the run's log."""
-
-    def __init__(self, run: RunDir) -> None:
-        self.run = run
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.run.append_log({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})})
-
-
-class TimeToFirstStepCallback(TrainerCallback):
-    """Record seconds from the start of the run to the end of the first optimizer step."""
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.seconds: float | None = None
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.seconds is None:
-            self.seconds = time.perf_counter() - self.started
-            console.print(f"time to first step: {self.seconds:.1f}s (model load, data prep, first step)")
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -89,6 +67,20 @@ def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool, dtype: torch.
     )
 
 
+def check_truncation(rows: int, kept: int, split: str, max_length: int) -> None:
+    """TRL drops rows whose completion is cut off entirely by max_length: say so, and refuse an empty split."""
+    if kept == 0:
+        raise DataError(
+            f"data.max_length {max_length}: every {split} prompt is at least that long, so no completion token "
+            "is left to learn from; raise data.max_length"
+        )
+    if kept < rows:
+        console.print(
+            f"[yellow]warning:[/yellow] {rows - kept} of {rows} {split} rows dropped: the prompt fills "
+            f"data.max_length {max_length}"
+        )
+
+
 def perplexity(loss: float) -> float:
     """exp(mean token cross-entropy); inf where that overflows."""
     return math.exp(loss) if loss < 700 else math.inf
@@ -116,6 +108,9 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
     )
     trainer.remove_callback(PrinterCallback)
+    check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
+    if eval_set is not None:
+        check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
     before = trainer.evaluate()["eval_loss"] if eval_set is not None else None
     result = trainer.train()
     lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)

@@ -1,0 +1,29 @@
+# Two entry points: `make quickstart` (install + offline end-to-end demo) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and pinned so pip takes the CPU build; `make TORCH=torch` for your platform's default.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+QUICKSTART_RUNS ?= runs/quickstart
+
+.PHONY: install quickstart test lint
+
+$(BIN)/asymtune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+install: $(BIN)/asymtune
+
+quickstart: install
+	$(BIN)/asymtune assets fetch smollm2-135m-instruct zaragoza-construction-faq-en
+	$(BIN)/asymtune train recipes/quickstart_b_only.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune train recipes/quickstart_lora.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,77 @@
+"""Trainer callbacks shared by every task: a rich progress bar, the per-step JSONL log, time to first step."""
+
+from __future__ import annotations
+
+import time
+
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+from asymtune.report import console
+from asymtune.runs import RunDir
+
+
+class ProgressCallback(TrainerCallback):
+    """A rich progress bar over optimizer steps showing the latest loss and learning rate."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=state.max_steps, loss="-", lr="-")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._progress.update(self._task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        fields = {}
+        if "loss" in logs:
+            fields["loss"] = f"{logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            fields["lr"] = f"{logs['learning_rate']:.2e}"
+        if fields and self._progress is not None:
+            self._progress.update(self._task, **fields)
+        if "eval_loss" in logs:
+            console.print(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class StepLogCallback(TrainerCallback):
+    """Append every Trainer log (loss, lr, eval loss, ...) as one JSON line to the run's log."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.run.append_log({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **(logs or {})})
+
+
+class TimeToFirstStepCallback(TrainerCallback):
+    """Record seconds from the start of the run to the end of the first optimizer step."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.seconds: float | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds is None:
+            self.seconds = time.perf_counter() - self.started
+            console.print(f"time to first step: {self.seconds:.1f}s (model load, data prep, first step)")

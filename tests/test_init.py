@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from asymtune.adapters.init import factor_generator, kaiming_uniform, make_factor, orthogonal, svd_factor
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 32), (8, 8), (1, 5)])
+def test_orthogonal_a_has_orthonormal_rows(rows, cols):
+    a = orthogonal(rows, cols, factor_generator(0, "layer", "A"))
+    assert a.shape == (rows, cols)
+    torch.testing.assert_close(a @ a.T, torch.eye(rows, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_orthogonal_b_has_orthonormal_columns():
+    b = orthogonal(48, 6, factor_generator(0, "layer", "B"))
+    torch.testing.assert_close(b.T @ b, torch.eye(6, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_factor_is_a_function_of_seed_module_and_factor():
+    first = orthogonal(4, 16, factor_generator(3, "model.layers.0.q_proj", "A"))
+    again = orthogonal(4, 16, factor_generator(3, "model.layers.0.q_proj", "A"))
+    other_module = orthogonal(4, 16, factor_generator(3, "model.layers.1.q_proj", "A"))
+    other_seed = orthogonal(4, 16, factor_generator(4, "model.layers.0.q_proj", "A"))
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other_module)
+    assert not torch.allclose(first, other_seed)
+
+
+def test_orthogonal_is_haar_not_biased_towards_positive_diagonal():
+    # Without the sign correction, QR gives Q with a systematically biased first row sign.
+    signs = [float(orthogonal(1, 3, factor_generator(s, "m", "A"))[0, 0] > 0) for s in range(200)]
+    assert 0.35 < sum(signs) / len(signs) < 0.65
+
+
+def test_kaiming_uniform_matches_peft_bound():
+    weight = kaiming_uniform(8, 100, factor_generator(0, "m", "A"))
+    bound = 1 / 100**0.5  # kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert weight.abs().max() <= bound
+    assert weight.abs().max() > 0.9 * bound
+
+
+def test_gaussian_std_is_one_over_rank():
+    weight = make_factor("gaussian", "A", (64, 512), 8, 0, "m", torch.zeros(1))
+    assert abs(weight.std().item() - 1 / 8) < 0.005
+
+
+def test_svd_factors_span_top_singular_subspaces():
+    torch.manual_seed(0)
+    w0 = torch.randn(20, 12, dtype=torch.float64)
+    sigma = torch.linalg.svdvals(w0)
+    a = svd_factor(w0, 3, "A")  # 3 x 12
+    b = svd_factor(w0, 3, "B")  # 20 x 3
+    torch.testing.assert_close(a @ a.T, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close((w0 @ a.T).norm() ** 2, (sigma[:3] ** 2).sum())
+    torch.testing.assert_close((b.T @ w0).norm() ** 2, (sigma[:3] ** 2).sum())
+
+
+def test_zero_init_is_zero():
+    assert not make_factor("zero", "B", (5, 2), 2, 0, "m", torch.zeros(1)).any()

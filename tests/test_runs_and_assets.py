@@ -1,0 +1,83 @@
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from asymtune import assets, atomic
+from asymtune.runs import RunDir, RunDirError, expand
+
+
+def test_run_dirs_are_never_reused(tmp_path):
+    first, second = RunDir.create(tmp_path, "x"), RunDir.create(tmp_path, "x")
+    assert first.path != second.path and first.path.parent == tmp_path / "x"
+    with pytest.raises(FileExistsError):
+        first.path.mkdir(exist_ok=False)
+
+
+def test_status_keeps_start_time_and_files_are_written_atomically(tmp_path):
+    run = RunDir.create(tmp_path, "x")
+    run.set_status("running")
+    started = run.read_json("status.json")["started"]
+    run.set_status("failed", error="boom")
+    assert run.read_json("status.json") == {**run.read_json("status.json"), "status": "failed", "started": started}
+    assert [p.name for p in run.path.iterdir()] == ["status.json"]  # no temp files left behind
+
+
+def test_atomic_write_leaves_old_content_when_interrupted(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic.write_json(target, {"a": 1})
+
+    class Unserialisable:
+        pass
+
+    with pytest.raises(TypeError):
+        atomic.write_json(target, {"a": Unserialisable()})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_directory_appears_only_when_complete(tmp_path):
+    with pytest.raises(RuntimeError), atomic.directory(tmp_path / "adapter") as scratch:
+        (scratch / "half.bin").write_text("x")
+        raise RuntimeError("crash while saving")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_expand_finds_runs_under_a_root_and_rejects_non_runs(tmp_path):
+    runs = [RunDir.create(tmp_path, n) for n in ("a", "b")]
+    for run in runs:
+        run.set_status("completed")
+    assert {r.path for r in expand([str(tmp_path)])} == {r.path for r in runs}
+    with pytest.raises(RunDirError, match="not a run directory"):
+        expand([str(tmp_path / "missing")])
+
+
+def build_wheel(folder: Path, package: str, version: str, files: dict[str, str]) -> Path:
+    module = package.replace("-", "_")
+    wheel = folder / f"{module}-{version}-py3-none-any.whl"
+    info = f"{module}-{version}.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
+        wheel_info = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        archive.writestr(f"{info}/WHEEL", wheel_info)
+        archive.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def test_fetch_downloads_with_pip_and_unpacks_into_cache(tmp_path, monkeypatch):
+    index = tmp_path / "index"
+    index.mkdir()
+    build_wheel(index, "asymtune-test-asset", "0.0.1", {"asymtune_test_asset/data.jsonl": '{"x": 1}\n'})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("ASYMTUNE_CACHE", str(tmp_path / "cache"))
+    asset = assets.Asset("test-asset", "asymtune-test-asset", "0.0.1", "asymtune_test_asset/data.jsonl", "file", "t")
+    path = assets.fetch(asset, log=lambda _: None)
+    assert path == tmp_path / "cache" / "packages" / "asymtune-test-asset-0.0.1" / "asymtune_test_asset/data.jsonl"
+    assert path.read_text() == '{"x": 1}\n'
+    missing = assets.Asset("gone", "asymtune-no-such-asset", "9.9.9", "x", "file", "t")
+    with pytest.raises(assets.AssetError, match=r"could not download asymtune-no-such-asset==9\.9\.9"):
+        assets.fetch(missing, log=lambda _: None)

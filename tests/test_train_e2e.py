@@ -1,0 +1,85 @@
+"""`asymtune train` end to end on the tiny model: a complete run dir, a trained B, an untouched A."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from conftest import sft_recipe, write_jsonl
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from asymtune.adapters.init import make_factor
+from asymtune.cli import main
+from asymtune.runs import expand
+
+pytestmark = pytest.mark.slow
+
+
+def train(recipe_path, output_dir, *extra):
+    return CliRunner().invoke(main, ["train", str(recipe_path), "--output-dir", str(output_dir), *extra])
+
+
+def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    result = train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    [run] = expand([str(tmp_path / "runs")])
+    assert run.status == "completed"
+    assert yaml.safe_load((run.path / "recipe.yaml").read_text())["adapter"]["alpha"] is None
+    env = run.read_json("env.json")
+    assert env["versions"]["peft"] and env["seed"] == 0 and env["argv"] and env["device"] == "cpu"
+
+    metrics = run.read_json("metrics.json")
+    assert metrics["train_steps"] == 4
+    assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-5)
+    assert metrics["eval_loss"] < metrics["eval_loss_before"]
+    params = metrics["parameters"]
+    assert params["trainable_A"] == 0 and params["trainable_B"] == params["trainable"] > 0
+    assert 0 < params["trainable_percent"] < 100
+    log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+
+    weights = load_file(run.adapter_dir / "adapter_model.safetensors")
+    for key, value in weights.items():
+        module = key.removeprefix("base_model.model.").rsplit(".lora_", 1)[0]
+        if ".lora_A." in key:  # bit-identical to the init, regenerated from seed + module name
+            init = make_factor("orthogonal", "A", tuple(value.shape), 4, 0, module, torch.zeros(1))
+            assert torch.equal(value, init.to(value.dtype)), key
+        else:
+            assert value.abs().sum() > 0, f"{key} never moved from zero"
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_llama_dir), str(run.adapter_dir))
+    assert model.peft_config["default"].r == 4
+
+
+def test_train_lora_with_messages_data(tiny_llama_dir, write_recipe, tmp_path):
+    chats = [
+        {"messages": [{"role": "user", "content": f"what is permit {i}"},
+                      {"role": "assistant", "content": f"a building permit for wall {i}"}]}
+        for i in range(20)
+    ]
+    recipe = sft_recipe(tiny_llama_dir, write_jsonl(tmp_path / "chat.jsonl", chats),
+                        A={"init": "kaiming_uniform", "trainable": True}, B={"init": "zero", "trainable": True})
+    recipe["data"]["format"] = "messages"
+    result = train(write_recipe(recipe), tmp_path / "runs", "--set", "train.max_steps=2")
+    assert result.exit_code == 0, result.output
+    [run] = expand([str(tmp_path / "runs")])
+    params = run.read_json("metrics.json")["parameters"]
+    assert params["trainable_A"] > 0 and params["trainable_B"] > 0
+
+
+def test_bad_data_marks_run_failed_and_exits_2(tiny_llama_dir, write_recipe, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"question": "x", "answer": "y"}] * 5)
+    result = train(write_recipe(sft_recipe(tiny_llama_dir, data)), tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "needs column(s) instruction, output" in result.output and "Traceback" not in result.output
+    [run] = expand([str(tmp_path / "runs")])
+    assert run.status == "failed" and "instruction" in run.read_json("status.json")["error"]
+
+
+def test_missing_model_fails_clearly(alpaca_file, write_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = train(write_recipe(sft_recipe(tmp_path / "no-model", alpaca_file)), tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "is not a local folder or a known asset" in result.output
