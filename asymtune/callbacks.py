@@ -65,11 +65,15 @@ class StepLogCallback(TrainerCallback):
 
 
 class TimeToFirstStepCallback(TrainerCallback):
-    """Record seconds from the start of the run to the end of the first optimizer step."""
+    """Seconds from the start of the run to the end of the first optimizer step, minus excluded work."""
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.seconds: float | None = None
+
+    def exclude(self, seconds: float) -> None:
+        """Leave out work that is not start-up cost (the baseline evaluation)."""
+        self.started += seconds
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.seconds is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -12,7 +13,10 @@ from rich.table import Table
 from asymtune import assets, runs
 from asymtune import recipe as recipes
 from asymtune.assets import AssetError
-from asymtune.report import console, format_value, summary_table
+from asymtune.report import console, format_value, results, summary_table
+
+# Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)(\.|$)")
 
 SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -88,10 +92,10 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             continue
         adapter = recipe.adapter
         console.print(
-            f"[green]ok[/green] {path}: {recipe.name} — A {adapter.A.init}"
-            f"{'' if adapter.A.trainable else ' (frozen)'}, B {adapter.B.init}"
-            f"{'' if adapter.B.trainable else ' (frozen)'}, r={adapter.rank}, alpha={adapter.lora_alpha:g}",
+            f"[green]ok[/green] {path}: {recipe.name} — A {adapter.A.label}, B {adapter.B.label}, "
+            f"r={adapter.rank}, alpha={adapter.lora_alpha:g}",
             highlight=False,
+            soft_wrap=True,
         )
     if problems:
         fail("\n".join(problems))
@@ -109,12 +113,14 @@ def list_recipes(folder: str) -> None:
     table.add_column("recipe")
     table.add_column("description")
     for file in files:
+        if file.name == "base.yaml" or "base" in file.relative_to(root).parts:
+            continue  # shared settings that other recipes extend; not runnable alone
         try:
             description = recipes.load(file).description
-        except recipes.RecipeError:
-            continue  # partial base recipes (meant to be extended) are not runnable on their own
+        except recipes.RecipeError as error:
+            description = f"[red]invalid:[/red] {str(error).splitlines()[0]}"
         table.add_row(str(file.relative_to(root)), description)
-    console.print(table)
+    results.print(table)
 
 
 @main.group(name="assets")
@@ -131,7 +137,7 @@ def assets_list() -> None:
     for asset in assets.ASSETS.values():
         ready = "yes" if assets.prepared_path(asset).exists() else "no"
         table.add_row(asset.name, f"{asset.package}=={asset.version}", ready, asset.description)
-    console.print(table)
+    results.print(table)
 
 
 @assets_group.command(name="fetch")
@@ -161,30 +167,32 @@ def compare(run_paths: tuple[str, ...], latest: bool) -> None:
     if latest:  # run folders are named <timestamp>-<id>, so the last per parent is the newest
         found = list({run.path.parent: run for run in sorted(found, key=lambda r: r.path)}.values())
     table = Table(title="Runs")
-    for column in ("run", "status", "A", "B", "rank", "trainable", "% base", "eval loss", "perplexity"):
+    columns = ("run", "status", "A", "B", "rank", "trainable", "% base", "eval loss before", "eval loss", "perplexity")
+    for column in columns:
         table.add_column(column, justify="left" if column in {"run", "status", "A", "B"} else "right")
     for run in found:
-        recipe = recipes.validate(_read_yaml(run.path / "recipe.yaml"), {}, run.path / "recipe.yaml")
         metrics = run.read_json("metrics.json") or {}
         params = metrics.get("parameters", {})
+        try:
+            recipe = recipes.load(run.path / "recipe.yaml")
+        except recipes.RecipeError as error:
+            table.add_row(str(run.path), f"{run.status}; recipe unreadable: {error}", *[""] * (len(columns) - 2))
+            continue
         adapter = recipe.adapter
         table.add_row(
             f"{recipe.name}\n{run.path.name}",
             run.status,
-            f"{adapter.A.init}{'' if adapter.A.trainable else ' frozen'}",
-            f"{adapter.B.init}{'' if adapter.B.trainable else ' frozen'}",
+            adapter.A.label,
+            adapter.B.label,
             str(adapter.rank),
             format_value(params.get("trainable")),
             format_value(params.get("trainable_percent")),
+            format_value(metrics.get("eval_loss_before")),
             format_value(metrics.get("eval_loss")),
             format_value(metrics.get("eval_perplexity")),
         )
-    console.print(table)
+    results.print(table)
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text())
 if __name__ == "__main__":
     main()

@@ -35,6 +35,11 @@ class FactorSpec(_Strict):
     init: FactorInit
     trainable: bool
 
+    @property
+    def label(self) -> str:
+        """e.g. 'orthogonal frozen' or 'zero trained'."""
+        return f"{self.init} {'trained' if self.trainable else 'frozen'}"
+
 
 class ModelSpec(_Strict):
     name: str | None = Field(None, description="hub id, local folder, or asset name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -11,7 +12,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     from asymtune.adapters.lora import ParameterCounts
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, logs, errors
+results = Console()  # what a command produces (tables): stdout, so it can be piped
+if not results.is_terminal and "COLUMNS" not in os.environ:
+    results.width = 160  # piped or logged: don't squeeze tables into rich's 80-column default
 
 
 def parameter_table(counts: ParameterCounts) -> Table:

@@ -83,3 +83,18 @@ def test_missing_model_fails_clearly(alpaca_file, write_recipe, tmp_path, monkey
     result = train(write_recipe(sft_recipe(tmp_path / "no-model", alpaca_file)), tmp_path / "runs")
     assert result.exit_code == 2
     assert "is not a local folder or a known asset" in result.output
+
+
+def test_compare_lists_completed_and_failed_runs(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    assert train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs").exit_code == 0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "x"}] * 5)
+    assert train(write_recipe(sft_recipe(tiny_llama_dir, bad), "bad.yaml"), tmp_path / "runs").exit_code == 2
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "runs")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "tiny-sft" in line]
+    assert len(rows) == 2
+    completed = next(row for row in rows if "completed" in row)
+    metrics = next(r for r in expand([str(tmp_path / "runs")]) if r.status == "completed").read_json("metrics.json")
+    assert "orthogonal frozen" in completed and "zero trained" in completed
+    assert f"{metrics['parameters']['trainable']:,}" in completed
+    assert any("failed" in row for row in rows)

@@ -111,7 +111,11 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
     if eval_set is not None:
         check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
-    before = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+    before = None
+    if eval_set is not None:
+        eval_started = time.perf_counter()
+        before = trainer.evaluate()["eval_loss"]
+        first_step.exclude(time.perf_counter() - eval_started)
     result = trainer.train()
     lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
 
