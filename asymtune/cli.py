@@ -14,7 +14,7 @@ from asymtune import assets, runs
 from asymtune import recipe as recipes
 from asymtune.assets import AssetError
 from asymtune.evaluation.mmlu import CATEGORY_TITLES, MMLUDataError
-from asymtune.report import console, format_value, results, summary_table
+from asymtune.report import console, results, summary_table
 
 # Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)(\.|$)")
@@ -219,40 +219,37 @@ def assets_fetch(names: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("run_paths", nargs=-1, required=True)
 @click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
-def compare(run_paths: tuple[str, ...], latest: bool) -> None:
-    """Compare runs side by side: factors, rank, trainable parameters, eval metrics, status."""
+@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
+@click.option("--no-group", is_flag=True, help="One row per run, no averaging over seeds.")
+@click.option("--baseline", type=click.Path(file_okay=False), help="A run directory to show differences against.")
+@click.option("--format", "output_format", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
+              help="Add the paper's reported rows of this table as references.")
+def compare(run_paths, latest, group_by, no_group, baseline, output_format, paper) -> None:
+    """Compare runs: method, factors, rank, trainable parameters and every metric, mean ± std over seeds."""
+    from asymtune import compare as comparison
+
     try:
         found = runs.expand(list(run_paths))
+        baseline_run = runs.RunDir.open(Path(baseline)) if baseline else None
     except runs.RunDirError as error:
         fail(str(error))
     if latest:  # run folders are named <timestamp>-<id>, so the last per parent is the newest
         found = list({run.path.parent: run for run in sorted(found, key=lambda r: r.path)}.values())
-    table = Table(title="Runs")
-    columns = ("run", "status", "A", "B", "rank", "trainable", "% base", "eval loss before", "eval loss", "perplexity")
-    for column in columns:
-        table.add_column(column, justify="left" if column in {"run", "status", "A", "B"} else "right")
-    for run in found:
-        metrics = run.read_json("metrics.json") or {}
-        params = metrics.get("parameters", {})
-        try:
-            recipe = recipes.load(run.path / "recipe.yaml")
-        except recipes.RecipeError as error:
-            table.add_row(str(run.path), f"{run.status}; recipe unreadable: {error}", *[""] * (len(columns) - 2))
-            continue
-        adapter = recipe.adapter
-        table.add_row(
-            f"{recipe.name}\n{run.path.name}",
-            run.status,
-            adapter.A.label,
-            adapter.B.label,
-            str(adapter.rank),
-            format_value(params.get("trainable")),
-            format_value(params.get("trainable_percent")),
-            format_value(metrics.get("eval_loss_before")),
-            format_value(metrics.get("eval_loss")),
-            format_value(metrics.get("eval_perplexity")),
-        )
-    results.print(table)
+    if baseline_run is not None and baseline_run.path not in {run.path for run in found}:
+        found.append(baseline_run)
+    rows = comparison.collect(found, group_by.split(",") if group_by else None, per_run=no_group)
+    title = "Runs"
+    if paper:
+        title, reference = comparison.paper_rows(paper)
+        rows += reference
+    reference_row = comparison.find_baseline(rows, baseline_run) if baseline_run else None
+    if output_format == "table":
+        results.print(comparison.to_table(rows, reference_row, title))
+    else:
+        render = {"markdown": comparison.to_markdown, "csv": comparison.to_csv, "json": comparison.to_json}
+        click.echo(render[output_format](rows, reference_row), nl=False)
 
 
 if __name__ == "__main__":

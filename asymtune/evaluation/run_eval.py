@@ -15,8 +15,8 @@ MMLU_FILE = "mmlu.json"
 
 
 def latest_run(root: Path) -> RunDir:
-    """The most recently started run under `root` (run folders are named by start time)."""
-    candidates = sorted((p.parent for p in root.glob("*/*/status.json")), key=lambda p: p.name)
+    """The most recently started training run under `root` (run folders are named by start time)."""
+    candidates = sorted((p.parent for p in root.glob("*/*/recipe.yaml")), key=lambda p: p.name)
     if not candidates:
         raise RunDirError(f"{root}: no runs yet; give a run directory or --model")
     return RunDir(candidates[-1])
@@ -26,15 +26,14 @@ def base_model_run(root: Path, model_name: str) -> RunDir:
     """A run directory that holds only evaluations of a base model with no adapter."""
     slug = re.sub(r"[^a-z0-9._-]+", "-", model_name.lower()).strip("-.") or "model"
     run = RunDir.create(root, f"base-{slug}")
-    run.set_status("completed", base_model=model_name)
+    run.set_status("running", base_model=model_name)
     return run
 
 
-def model_args_for(run: RunDir, device: str | None, log) -> dict[str, str]:
+def model_args_for(run: RunDir, status: dict[str, Any], log) -> dict[str, str]:
     """lm-eval `hf` arguments for a run: its base model plus `peft=` its adapter (none for base-model runs)."""
     from asymtune.models import lm_eval_model_args, select_dtype
 
-    status = run.read_json("status.json") or {}
     if "base_model" in status:
         spec = recipe.ModelSpec(name=status["base_model"])
         return {**lm_eval_model_args(spec, log), "dtype": str(select_dtype("auto")).removeprefix("torch.")}
@@ -51,7 +50,8 @@ def run_mmlu(run: RunDir, options: dict[str, Any], log) -> dict[str, dict[str, f
 
     from asymtune.evaluation import mmlu
 
-    model_args = model_args_for(run, options["device"], log)
+    status = run.read_json("status.json") or {}
+    model_args = model_args_for(run, status, log)
     with tempfile.TemporaryDirectory(prefix="asymtune-mmlu-") as workdir:
         results, summary = mmlu.evaluate(model_args=model_args, workdir=Path(workdir), **options)
     samples = results.pop("samples", {})
@@ -61,6 +61,8 @@ def run_mmlu(run: RunDir, options: dict[str, Any], log) -> dict[str, dict[str, f
     lines = (json.dumps({"task": task, **sample}, default=handle_non_serializable)
              for task, task_samples in samples.items() for sample in task_samples)
     atomic.write_text(run.path / "eval" / "mmlu_samples.jsonl", "\n".join(lines) + "\n")
+    if "base_model" in status:
+        run.set_status("completed", base_model=status["base_model"])
     return summary
 
 

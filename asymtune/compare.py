@@ -1,0 +1,281 @@
+"""Comparison rows from run directories: per run or per variant (mean ± std over seeds), plus the
+paper's reported rows, rendered as a rich table, markdown, csv or json.
+
+A variant is the resolved recipe minus its seeds (`seed`, `adapter.seed`) unless `group_by`
+names the keys that define it. Runs that did not complete are never averaged in: each is listed
+on its own row with its status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from asymtune import recipe as recipes
+from asymtune.evaluation.run_eval import read_evaluations
+from asymtune.runs import RunDir
+
+SEED_KEYS = ("seed", "adapter.seed")
+LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
+NOT_RANKED = re.compile(r"steps|rows|runtime|time_to|_s$")
+CELL = re.compile(r"^\s*(?P<mean>-?[\d.]+)\s*(?:±\s*(?P<std>[\d.]+))?")
+
+
+@dataclass
+class Row:
+    """One line of the comparison: a run, a group of runs (seeds), or a paper reference row."""
+
+    label: str
+    status: str
+    method: str = ""
+    factors: str = ""
+    rank: int | None = None
+    trainable: float | None = None
+    trainable_percent: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+
+def method_name(adapter: recipes.AdapterSpec) -> str:
+    """The paper's families: B-only, A-only, LoRA (A kaiming + B zero, both trained), both (other inits)."""
+    if not adapter.A.trainable:
+        return "B-only"
+    if not adapter.B.trainable:
+        return "A-only"
+    if (adapter.A.init, adapter.B.init) == ("kaiming_uniform", "zero"):
+        return "LoRA"
+    return "both trained"
+
+
+def run_metrics(run: RunDir) -> dict[str, float]:
+    """Every numeric metric of a run: metrics.json's scalars and the eval/ summaries."""
+    metrics = {k: float(v) for k, v in (run.read_json("metrics.json") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {**metrics, **read_evaluations(run)}
+
+
+def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = False) -> list[Row]:
+    """Rows for `found`: completed runs grouped into variants (or one row each with `per_run`),
+    every run that did not complete on its own row."""
+    groups: dict[str, list[tuple[RunDir, dict[str, Any] | None]]] = {}
+    rows: list[Row] = []
+    for run in found:
+        status = run.read_json("status.json") or {}
+        if status.get("status") != "completed":
+            rows.append(Row(label=_run_label(run), status=status.get("status", "incomplete"), runs=[str(run.path)]))
+            continue
+        document = _recipe_document(run)
+        key = str(run.path) if per_run else _group_key(document, status, group_by)
+        groups.setdefault(key, []).append((run, document))
+    return [_group_row(members) for members in groups.values()] + rows
+
+
+def paper_rows(table: str) -> tuple[str, list[Row]]:
+    """(title, rows) of one of the paper's Tables 1-5, in asymtune's metric names and units."""
+    tables = yaml.safe_load(resources.files("asymtune.reference").joinpath("paper_tables.yaml").read_text())
+    spec = tables[table]
+    rows = []
+    for printed in spec["rows"]:
+        row = Row(label=f"paper: {printed['label']}", status="reported", method="paper")
+        row.factors = f"{printed['params']} params"
+        for column, cell in printed["cells"].items():
+            match = CELL.match(cell)
+            metric = spec["columns"][column]
+            row.metrics[metric] = float(match["mean"]) * spec["scale"]
+            if match["std"]:
+                row.spread[metric] = float(match["std"]) * spec["scale"]
+        rows.append(row)
+    return spec["title"], rows
+
+
+def find_baseline(rows: list[Row], run: RunDir) -> Row:
+    """The row (a run or its variant group) that contains `run`."""
+    for row in rows:
+        if str(run.path) in row.runs:
+            return row
+    raise ValueError(f"--baseline {run.path} is not among the compared runs")
+
+
+def metric_columns(rows: list[Row]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [name for name in row.metrics if name not in columns]
+    return columns
+
+
+def best_values(rows: list[Row], columns: list[str]) -> dict[str, float]:
+    """Best value per ranked column (lower for losses/perplexity/gaps, higher otherwise)."""
+    best = {}
+    for column in columns:
+        if NOT_RANKED.search(column):
+            continue
+        values = [row.metrics[column] for row in rows if column in row.metrics and not math.isnan(row.metrics[column])]
+        if values:
+            best[column] = min(values) if LOWER_IS_BETTER.search(column) else max(values)
+    return best
+
+
+def records(rows: list[Row], baseline: Row | None) -> list[dict[str, Any]]:
+    """Flat dicts (for csv/json): identity columns, each metric, its std, its delta to the baseline."""
+    out = []
+    for row in rows:
+        record: dict[str, Any] = {
+            "label": row.label, "status": row.status, "method": row.method, "factors": row.factors,
+            "rank": row.rank, "trainable": row.trainable, "trainable_percent": row.trainable_percent,
+            "n_runs": len(row.runs),
+        }
+        for name, value in row.metrics.items():
+            record[name] = value
+            if name in row.spread:
+                record[f"{name}_std"] = row.spread[name]
+            if baseline is not None and name in baseline.metrics:
+                record[f"{name}_delta"] = value - baseline.metrics[name]
+        record["runs"] = row.runs
+        out.append(record)
+    return out
+
+
+def to_markdown(rows: list[Row], baseline: Row | None) -> str:
+    columns = shown_columns(rows)
+    best = best_values(rows, columns)
+    header = ["run", "status", "method", "factors", "rank", "trainable", "% base", "n", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.label, row.status, row.method, row.factors, _fmt(row.rank), _fmt(row.trainable),
+                 _fmt(row.trainable_percent), str(len(row.runs))]
+        for column in columns:
+            text = cell_text(row, column, baseline)
+            cells.append(f"**{text}**" if column in best and row.metrics.get(column) == best[column] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def shown_columns(rows: list[Row]) -> list[str]:
+    """Metric columns for tables: results only (bookkeeping such as steps and runtimes is in csv/json)."""
+    return [column for column in metric_columns(rows) if not NOT_RANKED.search(column)]
+
+
+def to_table(rows: list[Row], baseline: Row | None, title: str) -> Table:
+    """A rich table; the best value of each ranked column in bold green, the baseline row marked."""
+    columns = shown_columns(rows)
+    best = best_values(rows, columns)
+    table = Table(title=title)
+    for name in ("run", "status", "method", "factors", "rank", "trainable", "% base", "n", *columns):
+        table.add_column(name, justify="left" if name in {"run", "status", "method", "factors"} else "right")
+    for row in rows:
+        cells = [row.label + (" [baseline]" if row is baseline else ""), row.status, row.method, row.factors,
+                 _fmt(row.rank), _fmt(row.trainable), _fmt(row.trainable_percent), str(len(row.runs))]
+        for column in columns:
+            text = escape(cell_text(row, column, baseline))
+            is_best = column in best and row.metrics.get(column) == best[column]
+            cells.append(f"[bold green]{text}[/]" if is_best else text)
+        table.add_row(*cells, style=None if row.status in {"completed", "reported"} else "red")
+    return table
+
+
+def to_csv(rows: list[Row], baseline: Row | None) -> str:
+    flat = records(rows, baseline)
+    fields: list[str] = []
+    for record in flat:
+        fields += [key for key in record if key not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for record in flat:
+        writer.writerow({**record, "runs": ";".join(record["runs"])})
+    return buffer.getvalue()
+
+
+def to_json(rows: list[Row], baseline: Row | None) -> str:
+    return json.dumps(records(rows, baseline), indent=2) + "\n"
+
+
+def cell_text(row: Row, column: str, baseline: Row | None) -> str:
+    """'0.4123 ± 0.0100 (+0.0200)': mean, std over seeds when there are several, delta to baseline."""
+    if column not in row.metrics:
+        return ""
+    text = _fmt(row.metrics[column])
+    if column in row.spread:
+        text += f" ± {_fmt(row.spread[column])}"
+    if baseline is not None and baseline is not row and column in baseline.metrics:
+        text += f" ({row.metrics[column] - baseline.metrics[column]:+.4f})"
+    return text
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _run_label(run: RunDir) -> str:
+    return f"{run.path.parent.name}/{run.path.name}"
+
+
+def _recipe_document(run: RunDir) -> dict[str, Any] | None:
+    path = run.path / "recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _group_key(document: dict[str, Any] | None, status: dict[str, Any], group_by: list[str] | None) -> str:
+    if document is None:  # a base-model evaluation
+        return f"base-model:{status.get('base_model')}"
+    if group_by:
+        return json.dumps([_get(document, key) for key in group_by])
+    stripped = json.loads(json.dumps(document))
+    for key in SEED_KEYS:
+        _delete(stripped, key)
+    return json.dumps(stripped, sort_keys=True)
+
+
+def _group_row(members: list[tuple[RunDir, dict[str, Any] | None]]) -> Row:
+    first_run, document = members[0]
+    metrics = [run_metrics(run) for run, _ in members]
+    row = Row(label=first_run.path.parent.name, status="completed", runs=[str(run.path) for run, _ in members])
+    if document is None:
+        row.label, row.method = (first_run.read_json("status.json") or {}).get("base_model", row.label), "base model"
+    else:
+        adapter = recipes.AdapterSpec.model_validate(document["adapter"])
+        row.method, row.rank = method_name(adapter), adapter.rank
+        row.factors = f"A {adapter.A.label}, B {adapter.B.label}"
+        row.label = document["name"]
+        params = (first_run.read_json("metrics.json") or {}).get("parameters", {})
+        row.trainable, row.trainable_percent = params.get("trainable"), params.get("trainable_percent")
+    for name in metric_columns([Row(label="", status="", metrics=m) for m in metrics]):
+        values = [m[name] for m in metrics if name in m]
+        row.metrics[name] = statistics.fmean(values)
+        if len(values) > 1:
+            row.spread[name] = statistics.stdev(values)
+    return row
+
+
+def _get(document: dict[str, Any], dotted: str) -> Any:
+    node: Any = document
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _delete(document: dict[str, Any], dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = document
+    for part in parents:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+        node.pop(last, None)

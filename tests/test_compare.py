@@ -1,0 +1,102 @@
+"""compare: grouping over seeds, failed runs kept, formats, baseline deltas, paper reference rows."""
+
+import csv
+import io
+import json
+import statistics
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from asymtune import compare
+from asymtune.cli import main
+from asymtune.runs import RunDir, expand
+
+
+def fake_run(root, name, seed, rank, eval_loss, status="completed", a_trainable=False):
+    """A run directory as `asymtune train` leaves it (recipe, status, metrics), without training."""
+    run = RunDir.create(root, name)
+    recipe = {
+        "name": name, "task": "sft", "seed": seed, "model": {"name": "m"},
+        "data": {"train": "d.jsonl", "format": "alpaca"},
+        "adapter": {"rank": rank, "targets": ["q_proj"], "seed": seed,
+                    "A": {"init": "kaiming_uniform" if a_trainable else "orthogonal", "trainable": a_trainable},
+                    "B": {"init": "zero", "trainable": True}},
+    }
+    (run.path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    run.set_status(status)
+    if status == "completed":
+        run.write_metrics({"eval_loss": eval_loss, "train_steps": 10,
+                           "parameters": {"trainable": 64 * rank, "trainable_percent": 0.1 * rank}})
+    return run
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    for seed, loss in ((0, 1.0), (1, 1.2), (2, 1.1)):
+        fake_run(root, "b-only", seed, rank=8, eval_loss=loss)
+    fake_run(root, "lora", 0, rank=4, eval_loss=0.9, a_trainable=True)
+    fake_run(root, "lora", 1, rank=4, eval_loss=None, status="failed", a_trainable=True)
+    return root
+
+
+def test_seeds_are_averaged_and_failed_runs_listed(runs_root):
+    rows = compare.collect(expand([str(runs_root)]), group_by=None)
+    by_key = {(row.label, row.status): row for row in rows}
+    b_only = by_key[("b-only", "completed")]
+    assert len(b_only.runs) == 3 and b_only.method == "B-only" and b_only.rank == 8
+    assert b_only.metrics["eval_loss"] == pytest.approx(1.1)
+    assert b_only.spread["eval_loss"] == pytest.approx(statistics.stdev([1.0, 1.2, 1.1]))
+    assert by_key[("lora", "completed")].method == "LoRA"
+    failed = [row for row in rows if row.status == "failed"]
+    assert len(failed) == 1 and failed[0].label.startswith("lora/")
+
+
+def test_group_by_and_per_run(runs_root):
+    assert len(compare.collect(expand([str(runs_root)]), group_by=["seed"])) == 4  # seeds 0,1,2 + failed run
+    assert len(compare.collect(expand([str(runs_root)]), group_by=None, per_run=True)) == 5
+
+
+def test_formats_and_baseline_deltas(runs_root):
+    lora = next(r for r in expand([str(runs_root)]) if r.path.parent.name == "lora" and r.status == "completed")
+    runner = CliRunner()
+    out = runner.invoke(main, ["compare", str(runs_root), "--format", "json", "--baseline", str(lora.path)])
+    assert out.exit_code == 0, out.output
+    records = {(r["label"], r["status"]): r for r in json.loads(out.output)}
+    assert records[("b-only", "completed")]["eval_loss_delta"] == pytest.approx(1.1 - 0.9)
+    assert records[("b-only", "completed")]["n_runs"] == 3 and records[("b-only", "completed")]["trainable"] == 512
+
+    table = list(csv.DictReader(io.StringIO(runner.invoke(main, ["compare", str(runs_root), "--format", "csv"]).output)))
+    assert {row["status"] for row in table} == {"completed", "failed"} and "train_steps" in table[0]
+
+    markdown = runner.invoke(main, ["compare", str(runs_root), "--format", "markdown"]).output
+    lora_line = next(line for line in markdown.splitlines() if line.startswith("| lora |"))
+    assert "**0.9000**" in lora_line  # the lowest eval loss is the best
+    assert "train_steps" not in markdown.splitlines()[0]  # bookkeeping stays in csv/json
+
+    rich = runner.invoke(main, ["compare", str(runs_root)], env={"COLUMNS": "250"}).output
+    assert "failed" in rich and "1.1000 ± 0.1000" in rich
+
+
+def test_paper_reference_rows_are_in_asymtune_units():
+    title, rows = compare.paper_rows("table4")
+    assert title.startswith("Table 4")
+    lora = next(row for row in rows if row.label == "paper: LoRA r=32")
+    assert lora.metrics["mmlu_stem"] == pytest.approx(0.3650)
+    _, glue = compare.paper_rows("table1")
+    b_only = next(row for row in glue if row.label == "paper: hB_0 A_rand (r=8)")
+    assert b_only.metrics["glue_cola"] == pytest.approx(0.675) and b_only.spread["glue_cola"] == pytest.approx(0.012)
+    assert all(len(compare.paper_rows(f"table{i}")[1]) > 0 for i in range(1, 6))
+
+
+def test_paper_option_adds_rows_beside_runs(runs_root):
+    out = CliRunner().invoke(main, ["compare", str(runs_root), "--paper", "table4", "--format", "csv"]).output
+    labels = [row["label"] for row in csv.DictReader(io.StringIO(out))]
+    assert "b-only" in labels and "paper: Llama-2-7B" in labels
+
+
+def test_not_a_run_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "not a run directory" in result.output
