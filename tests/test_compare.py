@@ -18,17 +18,29 @@ def fake_run(root, name, seed, rank, eval_loss, status="completed", a_trainable=
     """A run directory as `asymtune train` leaves it (recipe, status, metrics), without training."""
     run = RunDir.create(root, name)
     recipe = {
-        "name": name, "task": "sft", "seed": seed, "model": {"name": "m"},
+        "name": name,
+        "task": "sft",
+        "seed": seed,
+        "model": {"name": "m"},
         "data": {"train": "d.jsonl", "format": "alpaca"},
-        "adapter": {"rank": rank, "targets": ["q_proj"], "seed": seed,
-                    "A": {"init": "kaiming_uniform" if a_trainable else "orthogonal", "trainable": a_trainable},
-                    "B": {"init": "zero", "trainable": True}},
+        "adapter": {
+            "rank": rank,
+            "targets": ["q_proj"],
+            "seed": seed,
+            "A": {"init": "kaiming_uniform" if a_trainable else "orthogonal", "trainable": a_trainable},
+            "B": {"init": "zero", "trainable": True},
+        },
     }
     (run.path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run.set_status(status)
     if status == "completed":
-        run.write_metrics({"eval_loss": eval_loss, "train_steps": 10,
-                           "parameters": {"trainable": 64 * rank, "trainable_percent": 0.1 * rank}})
+        run.write_metrics(
+            {
+                "eval_loss": eval_loss,
+                "train_steps": 10,
+                "parameters": {"trainable": 64 * rank, "trainable_percent": 0.1 * rank},
+            }
+        )
     return run
 
 
@@ -68,7 +80,9 @@ def test_formats_and_baseline_deltas(runs_root):
     assert records[("b-only", "completed")]["eval_loss_delta"] == pytest.approx(1.1 - 0.9)
     assert records[("b-only", "completed")]["n_runs"] == 3 and records[("b-only", "completed")]["trainable"] == 512
 
-    table = list(csv.DictReader(io.StringIO(runner.invoke(main, ["compare", str(runs_root), "--format", "csv"]).output)))
+    table = list(
+        csv.DictReader(io.StringIO(runner.invoke(main, ["compare", str(runs_root), "--format", "csv"]).output))
+    )
     assert {row["status"] for row in table} == {"completed", "failed"} and "train_steps" in table[0]
 
     markdown = runner.invoke(main, ["compare", str(runs_root), "--format", "markdown"]).output
