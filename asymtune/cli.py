@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import traceback
 import warnings
@@ -250,6 +251,104 @@ def compare(run_paths, latest, group_by, no_group, baseline, output_format, pape
     else:
         render = {"markdown": comparison.to_markdown, "csv": comparison.to_csv, "json": comparison.to_json}
         click.echo(render[output_format](rows, reference_row), nl=False)
+
+
+@main.command()
+@click.argument("run_paths", nargs=-1, required=True)
+@click.option("--output-dir", type=click.Path(file_okay=False),
+              help="Where the heatmaps and summary go (default: FIRST_RUN/eval/similarity).")
+def similarity(run_paths: tuple[str, ...], output_dir: str | None) -> None:
+    """Figure 1: per layer and target, how alike the learned A's and B's of several runs are."""
+    import json
+
+    from asymtune.analysis import similarity as sim
+
+    try:
+        found = runs.expand(list(run_paths))
+    except runs.RunDirError as error:
+        fail(str(error))
+    if len(found) < 2:
+        fail("give at least two runs to compare")
+    missing = [str(run.path) for run in found if not (run.adapter_dir / "adapter_model.safetensors").is_file()]
+    if missing:
+        fail(f"no saved adapter in {', '.join(missing)}")
+    try:
+        result = sim.pairwise([sim.load_factors(run.adapter_dir) for run in found])
+    except ValueError as error:
+        fail(str(error))
+    folder = Path(output_dir) if output_dir else found[0].path / "eval" / "similarity"
+    images = sim.heatmaps(result, folder, f"{len(found)} runs")
+    per_target = sim.summary(result)
+    record = {"runs": [str(run.path) for run in found], "per_target": per_target,
+              "per_layer": {w: [{"layer": k[0], "target": k[1], "similarity": v} for k, v in result[w].items()]
+                            for w in result}}
+    (folder / "similarity.json").write_text(json.dumps(record, indent=2))
+    table = Table(title=f"Subspace similarity, mean over layers and {len(found) * (len(found) - 1) // 2} run pairs")
+    for column in ("target", "A", "B"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for target, values in per_target.items():
+        table.add_row(target, f"{values['A']:.4f}", f"{values['B']:.4f}")
+    results.print(table)
+    console.print(f"heatmaps: {', '.join(str(p) for p in images)}")
+
+
+def parse_grid(text: str, name: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        fail(f"--{name}: give comma-separated values")
+    return values
+
+
+@main.command()
+@click.option("--d", "dims", default="64,256,1024", show_default=True, help="Comma-separated d = d_in = d_out.")
+@click.option("--rank", "ranks", default="4,16", show_default=True, help="Comma-separated adapter ranks r.")
+@click.option("--input-rank", "input_ranks", default="r,d", show_default=True,
+              help="Comma-separated input covariance ranks: integers, 'r' (= rank) or 'd' (full).")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(2, 10_000))
+@click.option("--noise", default=0.0, show_default=True, type=click.FloatRange(0.0), help="Target noise σ².")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--run", "run_path", type=click.Path(file_okay=False),
+              help="Also print Lemma 4.5's bound ratios for this run's adapted matrices.")
+def theory(dims, ranks, input_ranks, trials, noise, seed, run_path) -> None:
+    """§4.1.1 least squares: expected loss of B-only vs A-only over random frozen factors."""
+    from rich.progress import track
+
+    from asymtune.analysis import theory as th
+
+    grid = []
+    for d_text, r_text, x_text in itertools.product(
+        parse_grid(dims, "d"), parse_grid(ranks, "rank"), parse_grid(input_ranks, "input-rank")
+    ):
+        try:
+            d, r = int(d_text), int(r_text)
+            x = {"r": r, "d": d}.get(x_text) or int(x_text)
+        except ValueError:
+            fail(f"--d/--rank/--input-rank: {d_text}, {r_text}, {x_text} are not integers (or r/d)")
+        if not 1 <= r <= d or not 1 <= x <= d:
+            fail(f"need 1 <= rank <= d and 1 <= input rank <= d; got d={d}, rank={r}, input rank={x}")
+        grid.append((d, r, x))
+    table = Table(title=f"Least-squares asymmetry (Lemmas 4.1/4.2): mean ± std over {trials} draws, noise σ²={noise}")
+    for column in ("d", "r", "input rank", "unadapted", "B-only (A frozen)", "A-only (B frozen)", "gap L_A − L_B"):
+        table.add_column(column, justify="right")
+    for d, r, x in track(grid, description="sampling", console=console):
+        result = th.asymmetry_gap(d, r, x, trials, noise, seed)
+        table.add_row(str(d), str(r), str(x), f"{result.loss_unadapted:.4f}",
+                      *(f"{m:.4f} ± {s:.4f}" for m, s in (result.loss_b_only, result.loss_a_only, result.gap)))
+    results.print(table)
+    if run_path:
+        try:
+            run = runs.RunDir.open(Path(run_path))
+            parameters = (run.read_json("metrics.json") or {})["parameters"]
+            rank = recipes.load(run.path / "recipe.yaml").adapter.rank
+        except (runs.RunDirError, recipes.RecipeError, KeyError) as error:
+            fail(f"--run {run_path}: needs a completed run with parameter counts ({error})")
+        ratios = th.bound_ratios_from_counts(parameters, rank)
+        results.print(
+            f"Lemma 4.5 for {run.path}: Σd_in = {ratios.sum_d_in:,}, Σd_out = {ratios.sum_d_out:,}; "
+            f"bound(B-only)/bound(both) = {ratios.b_only:.4f}, bound(A-only)/bound(both) = {ratios.a_only:.4f} "
+            f"at the same rank; B-only at rank {2 * rank} has bound ratio {ratios.b_only * 2 ** 0.5:.4f}.",
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""The paper's §4 as runnable math: least-squares asymmetry (Lemmas 4.1, 4.2, Theorem 4.3) and the
+information-theoretic generalization bounds of Lemma 4.5.
+
+Setting (d_in = d_out = d, no α/r scale): target Y = (W0 + Δ)X + b + n, n ~ N(0, σ²I),
+E[X] = 0, Cov[X] = Σ. The adapted model is (W0 + BA)x + b.
+- B-only, A = Q frozen (QQᵀ = I_r):  B* = ΔΣQᵀ(QΣQᵀ)⁻¹,
+  L_B = dσ² + Tr[ΔΣΔᵀ] − Tr[QΣΔᵀΔΣQᵀ(QΣQᵀ)⁻¹].
+- A-only, B = U frozen (UᵀU = I_r):  A* = UᵀΔ,
+  L_A = dσ² + Tr[ΔΣΔᵀ] − Tr[UᵀΔΣΔᵀU].
+Theorem 4.3: for Haar-random Q, U, L_A ≥ L_B with high probability as d/r → ∞.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from asymtune.adapters.init import orthogonal
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One sampled least-squares instance: the update Δ, input covariance Σ, noise variance σ²."""
+
+    delta: torch.Tensor
+    sigma: torch.Tensor
+    noise: float
+
+
+@dataclass(frozen=True)
+class GapResult:
+    d: int
+    rank: int
+    input_rank: int
+    loss_b_only: tuple[float, float]  # mean, std over trials
+    loss_a_only: tuple[float, float]
+    gap: tuple[float, float]  # L_A − L_B
+    loss_unadapted: float
+
+
+def sample_problem(d: int, input_rank: int, noise: float, generator: torch.Generator) -> Problem:
+    """Δ with N(0, 1/d) entries; Σ = U_X U_Xᵀ for a Haar-random d × input_rank U_X (unit variances)."""
+    delta = torch.randn(d, d, generator=generator, dtype=torch.float64) / math.sqrt(d)
+    basis = orthogonal(d, input_rank, generator)
+    return Problem(delta=delta, sigma=basis @ basis.T, noise=noise)
+
+
+def unadapted_loss(problem: Problem) -> float:
+    """dσ² + Tr[ΔΣΔᵀ]: the loss of the pretrained model (B·A = 0)."""
+    d = problem.delta.shape[0]
+    return d * problem.noise + float(torch.trace(problem.delta @ problem.sigma @ problem.delta.T))
+
+
+def optimal_b(problem: Problem, q: torch.Tensor) -> torch.Tensor:
+    """Lemma 4.1: B* = ΔΣQᵀ(QΣQᵀ)⁺ (pseudo-inverse when the inputs span fewer than r directions)."""
+    return problem.delta @ problem.sigma @ q.T @ torch.linalg.pinv(q @ problem.sigma @ q.T)
+
+
+def optimal_a(problem: Problem, u: torch.Tensor) -> torch.Tensor:
+    """Lemma 4.2: A* = UᵀΔ."""
+    return u.T @ problem.delta
+
+
+def population_loss(problem: Problem, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """E‖Y − (W0 + BA)X − b‖² = dσ² + Tr[(Δ − BA)Σ(Δ − BA)ᵀ]."""
+    residual = problem.delta - b @ a
+    return problem.delta.shape[0] * problem.noise + torch.trace(residual @ problem.sigma @ residual.T)
+
+
+def loss_b_only(problem: Problem, q: torch.Tensor) -> float:
+    """Lemma 4.1's closed form of min_B L(Q, B)."""
+    s, delta = problem.sigma, problem.delta
+    explained = torch.trace(q @ s @ delta.T @ delta @ s @ q.T @ torch.linalg.pinv(q @ s @ q.T))
+    return unadapted_loss(problem) - float(explained)
+
+
+def loss_a_only(problem: Problem, u: torch.Tensor) -> float:
+    """Lemma 4.2's closed form of min_A L(A, U)."""
+    explained = torch.trace(u.T @ problem.delta @ problem.sigma @ problem.delta.T @ u)
+    return unadapted_loss(problem) - float(explained)
+
+
+def asymmetry_gap(d: int, rank: int, input_rank: int, trials: int, noise: float, seed: int) -> GapResult:
+    """Monte-Carlo over (Δ, Σ, Q, U): mean ± std of L_B, L_A and the gap L_A − L_B."""
+    generator = torch.Generator().manual_seed(seed)
+    b_losses, a_losses, gaps, base = [], [], [], []
+    for _ in range(trials):
+        problem = sample_problem(d, input_rank, noise, generator)
+        q = orthogonal(rank, d, generator)  # r × d, orthonormal rows
+        u = orthogonal(d, rank, generator)  # d × r, orthonormal columns
+        lb, la = loss_b_only(problem, q), loss_a_only(problem, u)
+        b_losses.append(lb)
+        a_losses.append(la)
+        gaps.append(la - lb)
+        base.append(unadapted_loss(problem))
+
+    def spread(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    return GapResult(d, rank, input_rank, spread(b_losses), spread(a_losses), spread(gaps), statistics.fmean(base))
+
+
+@dataclass(frozen=True)
+class BoundRatios:
+    """Lemma 4.5 for one adapter layout: Σ d_in and Σ d_out over adapted matrices, and the ratios
+    of the B-only and A-only bounds to the both-factors bound at the same rank."""
+
+    sum_d_in: int
+    sum_d_out: int
+
+    @property
+    def b_only(self) -> float:
+        return math.sqrt(self.sum_d_out / (self.sum_d_in + self.sum_d_out))
+
+    @property
+    def a_only(self) -> float:
+        return math.sqrt(self.sum_d_in / (self.sum_d_in + self.sum_d_out))
+
+    def bound(self, factors: str, rank: int, bits: int, sub_gaussian: float, samples: int) -> float:
+        """sqrt(2·r·q·σ²·ln2/n · Σ d) with Σ d over the tuned factors ('BA', 'B' or 'A')."""
+        dims = {"BA": self.sum_d_in + self.sum_d_out, "B": self.sum_d_out, "A": self.sum_d_in}[factors]
+        return math.sqrt(2 * rank * bits * sub_gaussian**2 * math.log(2) / samples * dims)
+
+
+def bound_ratios_from_counts(parameters: dict[str, int], rank: int) -> BoundRatios:
+    """Σ d_in = (#A)/r and Σ d_out = (#B)/r from a run's parameter counts (trainable + frozen)."""
+    a_count = parameters["trainable_A"] + parameters["frozen_A"]
+    b_count = parameters["trainable_B"] + parameters["frozen_B"]
+    return BoundRatios(sum_d_in=a_count // rank, sum_d_out=b_count // rank)
