@@ -254,6 +254,47 @@ def compare(run_paths, latest, group_by, no_group, baseline, output_format, pape
 
 
 @main.command()
+@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (training and adapter seed).")
+@click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2", help="Values to sweep (repeatable; cartesian).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override for every run.")
+@click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+def sweep(recipe_file, seeds, grid, overrides, output_dir) -> None:
+    """Train a grid × seeds one run after another (finished runs are skipped), then compare them."""
+    import subprocess
+
+    from asymtune import compare as comparison
+    from asymtune import sweep as sweeps
+
+    try:
+        seed_list = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError:
+        fail(f"--seeds {seeds!r}: expected comma-separated integers")
+    try:
+        jobs = sweeps.plan(Path(recipe_file), seed_list, sweeps.parse_grid(grid), overrides)
+    except recipes.RecipeError as error:
+        fail(str(error))
+    root = Path(output_dir)
+    failed = []
+    for index, job in enumerate(jobs, start=1):
+        label = f"[{index}/{len(jobs)}] {job.recipe.name} seed {job.recipe.seed}"
+        finished = sweeps.finished_run(root, job.recipe)
+        if finished is not None:
+            console.print(f"{label}: already done in {finished.path}")
+            continue
+        console.print(f"{label}: training")
+        command = [sys.executable, "-m", "asymtune.cli", "train", recipe_file, "--output-dir", output_dir]
+        command += [arg for override in job.overrides for arg in ("--set", override)]
+        if subprocess.run(command, check=False).returncode != 0:
+            failed.append(label)
+    names = sorted({job.recipe.name for job in jobs})
+    found = runs.expand([str(root / name) for name in names if (root / name).is_dir()])
+    results.print(comparison.to_table(comparison.collect(found, None), None, f"Sweep of {recipe_file}"))
+    if failed:
+        fail(f"{len(failed)} of {len(jobs)} runs failed: {'; '.join(failed)}", code=1)
+
+
+@main.command()
 @click.argument("run_paths", nargs=-1, required=True)
 @click.option("--output-dir", type=click.Path(file_okay=False),
               help="Where the heatmaps and summary go (default: FIRST_RUN/eval/similarity).")

@@ -1,0 +1,50 @@
+import pytest
+from click.testing import CliRunner
+from conftest import sft_recipe
+
+from asymtune import sweep
+from asymtune.cli import main
+from asymtune.recipe import RecipeError
+from asymtune.runs import expand
+
+
+def test_plan_is_grid_times_seeds_with_seeded_adapters(write_recipe, tmp_path):
+    path = write_recipe(sft_recipe(tmp_path / "m", tmp_path / "d.jsonl"))
+    jobs = sweep.plan(path, [0, 1], sweep.parse_grid(("adapter.rank=2,4",)), ("train.max_steps=2",))
+    assert [(j.recipe.name, j.recipe.adapter.rank, j.recipe.seed, j.recipe.adapter.seed) for j in jobs] == [
+        ("tiny-sft-rank2", 2, 0, 0),
+        ("tiny-sft-rank2", 2, 1, 1),
+        ("tiny-sft-rank4", 4, 0, 0),
+        ("tiny-sft-rank4", 4, 1, 1),
+    ]
+    assert all(j.recipe.train.max_steps == 2 for j in jobs)
+    with pytest.raises(RecipeError, match=r"'adapter\.rank'"):
+        sweep.plan(path, [0], sweep.parse_grid(("adapter.rank=0",)), ())
+    with pytest.raises(RecipeError, match=r"expected key\.path=v1,v2"):
+        sweep.parse_grid(("adapter.rank",))
+
+
+@pytest.mark.slow
+def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    recipe = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))
+    args = [
+        "sweep",
+        str(recipe),
+        "--seeds",
+        "0,1",
+        "--grid",
+        "adapter.rank=2,4",
+        "--set",
+        "train.max_steps=2",
+        "--output-dir",
+        str(tmp_path / "runs"),
+    ]
+    first = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+    assert first.exit_code == 0, first.output
+    runs = expand([str(tmp_path / "runs")])
+    assert len(runs) == 4 and all(run.status == "completed" for run in runs)
+    assert first.output.count("│ tiny-sft-rank") == 2 and first.output.count(" 2 │") >= 2  # two variants, n=2 each
+
+    again = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+    assert again.exit_code == 0 and again.output.count("already done") == 4
+    assert len(expand([str(tmp_path / "runs")])) == 4
