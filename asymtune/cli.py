@@ -93,14 +93,21 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
 @click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where to look for the latest run, and where base-model evaluations go.")
 def evaluate(run_paths, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch_size, limit, device, output_dir):
-    """Evaluate runs (default: the latest) or a base model; results go to RUN/eval/."""
+    """Evaluate runs (default: the latest) or a base model; results go to RUN/eval/.
+
+    With --mmlu: 5-shot MMLU through lm-eval. Without: the run's own task metrics again
+    (eval loss and perplexity for sft), written to RUN/eval/task.json.
+    """
     import torch
 
     from asymtune.evaluation import run_eval
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not mmlu:
-        fail("choose an evaluation: --mmlu (re-running a run's own task metrics is not built yet)")
+        if base_model or mmlu_data or subjects:
+            fail("--model, --mmlu-data and --subjects go with --mmlu")
+        rerun_task_metrics(run_paths, Path(output_dir))
+        return
     if batch_size != "auto" and not batch_size.isdigit():
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto")
     if base_model and run_paths:
@@ -129,6 +136,28 @@ def evaluate(run_paths, mmlu, base_model, mmlu_data, subjects, num_fewshot, batc
                 raise
             results.print(mmlu_table(run.path.name, summary))
     except (runs.RunDirError, recipes.RecipeError, AssetError, MMLUDataError) as error:
+        fail(str(error))
+
+
+def rerun_task_metrics(run_paths: tuple[str, ...], root: Path) -> None:
+    """`asymtune eval RUN` without --mmlu: the run's own task metrics again, into RUN/eval/task.json."""
+    from asymtune import atomic
+    from asymtune.adapters.lora import AdapterError
+    from asymtune.data.sources import DataError
+    from asymtune.evaluation import run_eval
+    from asymtune.models import ModelLoadError
+    from asymtune.tasks import sft
+
+    try:
+        targets = runs.expand(list(run_paths)) if run_paths else [run_eval.latest_run(root)]
+        for run in targets:
+            if run.status != "completed":
+                fail(f"{run.path}: status {run.status}; only completed runs have an adapter to evaluate")
+            recipe = recipes.load(run.path / "recipe.yaml")
+            metrics = sft.evaluate(recipe, run)
+            atomic.write_json(run.path / "eval" / "task.json", metrics)
+            results.print(summary_table(f"{recipe.name} — {run.path.name}", metrics))
+    except (runs.RunDirError, recipes.RecipeError, AdapterError, AssetError, DataError, ModelLoadError) as error:
         fail(str(error))
 
 

@@ -89,12 +89,21 @@ def test_compare_lists_completed_and_failed_runs(tiny_llama_dir, alpaca_file, wr
     assert train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs").exit_code == 0
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "x"}] * 5)
     assert train(write_recipe(sft_recipe(tiny_llama_dir, bad), "bad.yaml"), tmp_path / "runs").exit_code == 2
-    result = CliRunner().invoke(main, ["compare", str(tmp_path / "runs")], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "runs"), "--format", "json"])
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.output.splitlines() if "tiny-sft" in line]
-    assert len(rows) == 2
-    completed = next(row for row in rows if "completed" in row)
+    rows = {row["status"]: row for row in json.loads(result.output)}
+    assert set(rows) == {"completed", "failed"}
     metrics = next(r for r in expand([str(tmp_path / "runs")]) if r.status == "completed").read_json("metrics.json")
-    assert "orthogonal frozen" in completed and "zero trained" in completed
-    assert f"{metrics['parameters']['trainable']:,}" in completed
-    assert any("failed" in row for row in rows)
+    completed = rows["completed"]
+    assert completed["method"] == "B-only" and completed["factors"] == "A orthogonal frozen, B zero trained"
+    assert completed["trainable"] == metrics["parameters"]["trainable"]
+    assert completed["eval_loss"] == metrics["eval_loss"]
+
+
+def test_eval_without_flags_reproduces_the_runs_eval_loss(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    assert train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs").exit_code == 0
+    [run] = expand([str(tmp_path / "runs")])
+    result = CliRunner().invoke(main, ["eval", str(run.path)])
+    assert result.exit_code == 0, result.output
+    again = run.read_json("eval/task.json")
+    assert again["eval_loss"] == pytest.approx(run.read_json("metrics.json")["eval_loss"], rel=1e-5)

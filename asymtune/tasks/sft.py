@@ -86,12 +86,33 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+def make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks) -> SFTTrainer:
+    """TRL's SFTTrainer on our PeftModel (no peft_config), after checking truncation kept some rows."""
+    trainer = SFTTrainer(
+        model=peft_model,
+        args=trainer_arguments(recipe, run, eval_set is not None, peft_model.dtype),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
+    if eval_set is not None:
+        check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
+    return trainer
+
+
+def eval_metrics(trainer: SFTTrainer, eval_set: datasets.Dataset) -> dict[str, float]:
+    loss = trainer.evaluate()["eval_loss"]
+    return {"eval_loss": loss, "eval_perplexity": perplexity(loss), "eval_rows": len(eval_set)}
+
+
 def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     """Train per `recipe`, save the adapter into `run`, and return the final metrics."""
     started = time.perf_counter()
     set_seed(recipe.seed)
     model, tokenizer = load_causal_lm(recipe.model, console.print)
-    dtype = model.dtype
     peft_model = lora.apply(model, recipe.adapter, task_type="CAUSAL_LM")
     counts = lora.count_parameters(peft_model)
     console.print(parameter_table(counts))
@@ -99,18 +120,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
     first_step = TimeToFirstStepCallback(started)
-    trainer = SFTTrainer(
-        model=peft_model,
-        args=trainer_arguments(recipe, run, eval_set is not None, dtype),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
-    )
-    trainer.remove_callback(PrinterCallback)
-    check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
-    if eval_set is not None:
-        check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
+    callbacks = [ProgressCallback(), StepLogCallback(run), first_step]
+    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks)
     before = None
     if eval_set is not None:
         eval_started = time.perf_counter()
@@ -127,12 +138,18 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         "train_rows": len(train_set),
     }
     if eval_set is not None:
-        eval_loss = trainer.evaluate()["eval_loss"]
-        metrics.update(
-            eval_loss_before=before,
-            eval_loss=eval_loss,
-            eval_perplexity=perplexity(eval_loss),
-            eval_rows=len(eval_set),
-        )
+        metrics.update(eval_loss_before=before, **eval_metrics(trainer, eval_set))
     metrics["parameters"] = counts.as_dict()
     return metrics
+
+
+def evaluate(recipe: Recipe, run: RunDir) -> dict[str, Any]:
+    """Re-run the task metrics of a finished run: eval loss and perplexity of its saved adapter."""
+    set_seed(recipe.seed)
+    model, tokenizer = load_causal_lm(recipe.model, console.print)
+    peft_model = lora.load_adapter(model, run.adapter_dir)
+    train_set, eval_set = build_datasets(recipe)
+    if eval_set is None:
+        raise DataError(f"{run.path}: the recipe has no evaluation data (data.eval or data.eval_fraction)")
+    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, [])
+    return eval_metrics(trainer, eval_set)
