@@ -28,6 +28,14 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def require(module: str, extra: str) -> None:
+    """Exit 2 with the install command when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        fail(f"this command needs {module}: pip install 'asymtune[{extra}]'")
+
+
 def load_recipe(path: str, overrides: tuple[str, ...] = ()) -> recipes.Recipe:
     try:
         return recipes.load(path, overrides)
@@ -108,6 +116,7 @@ def evaluate(run_paths, mmlu, base_model, mmlu_data, subjects, num_fewshot, batc
             fail("--model, --mmlu-data and --subjects go with --mmlu")
         rerun_task_metrics(run_paths, Path(output_dir))
         return
+    require("lm_eval", "eval")
     if batch_size != "auto" and not batch_size.isdigit():
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto")
     if base_model and run_paths:
@@ -333,6 +342,7 @@ def similarity(run_paths: tuple[str, ...], output_dir: str | None) -> None:
 
     from asymtune.analysis import similarity as sim
 
+    require("matplotlib", "analysis")
     try:
         found = runs.expand(list(run_paths))
     except runs.RunDirError as error:
