@@ -389,7 +389,9 @@ def parse_grid(text: str, name: str) -> list[str]:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--run", "run_path", type=click.Path(file_okay=False),
               help="Also print Lemma 4.5's bound ratios for this run's adapted matrices.")
-def theory(dims, ranks, input_ranks, trials, noise, seed, run_path) -> None:
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+              help="Also print Lemma 4.5's bound ratios for this recipe's targets (reads the model config only).")
+def theory(dims, ranks, input_ranks, trials, noise, seed, run_path, recipe_file) -> None:
     """§4.1.1 least squares: expected loss of B-only vs A-only over random frozen factors."""
     from rich.progress import track
 
@@ -422,13 +424,28 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_path) -> None:
             rank = recipes.load(run.path / "recipe.yaml").adapter.rank
         except (runs.RunDirError, recipes.RecipeError, KeyError) as error:
             fail(f"--run {run_path}: needs a completed run with parameter counts ({error})")
-        ratios = th.bound_ratios_from_counts(parameters, rank)
-        results.print(
-            f"Lemma 4.5 for {run.path}: Σd_in = {ratios.sum_d_in:,}, Σd_out = {ratios.sum_d_out:,}; "
-            f"bound(B-only)/bound(both) = {ratios.b_only:.4f}, bound(A-only)/bound(both) = {ratios.a_only:.4f} "
-            f"at the same rank; B-only at rank {2 * rank} has bound ratio {ratios.b_only * 2 ** 0.5:.4f}.",
-            highlight=False,
-        )
+        print_bound_ratios(str(run.path), th.bound_ratios_from_counts(parameters, rank), rank)
+    if recipe_file:
+        from asymtune.models import ModelLoadError, adapted_dimensions
+
+        recipe = load_recipe(recipe_file)
+        try:
+            dims = adapted_dimensions(recipe.model, recipe.adapter.targets, console.print)
+        except (ModelLoadError, AssetError) as error:
+            fail(str(error))
+        if not dims:
+            fail(f"{recipe_file}: adapter.targets {recipe.adapter.targets} match no linear layer")
+        ratios = th.BoundRatios(sum_d_in=sum(d_in for _, d_in in dims), sum_d_out=sum(d_out for d_out, _ in dims))
+        print_bound_ratios(recipe_file, ratios, recipe.adapter.rank)
+
+
+def print_bound_ratios(source: str, ratios, rank: int) -> None:
+    results.print(
+        f"Lemma 4.5 for {source}: Σd_in = {ratios.sum_d_in:,}, Σd_out = {ratios.sum_d_out:,}; "
+        f"bound(B-only)/bound(both) = {ratios.b_only:.4f}, bound(A-only)/bound(both) = {ratios.a_only:.4f} "
+        f"at rank {rank}; B-only at rank {2 * rank} has ratio {ratios.b_only * 2 ** 0.5:.4f}.",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,32 @@ def load_causal_lm(
     return model, _with_pad_token(tokenizer)
 
 
+def adapted_dimensions(
+    spec: ModelSpec, targets: list[str] | str, log: Callable[[str], None] = print
+) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every linear layer `targets` selects, from the model's config alone (meta device).
+
+    'all-linear' follows PEFT: every nn.Linear except the output head.
+    """
+    from transformers import AutoConfig
+
+    source = str(Path(spec.gguf_file).parent) if spec.gguf_file else _source(spec.name, log)
+    kwargs = {"gguf_file": Path(spec.gguf_file).name} if spec.gguf_file else {"revision": spec.revision}
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model {source!r}: cannot read its config: {_first_line(error)}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    return [
+        (module.out_features, module.in_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and (name.rsplit(".", 1)[-1] in targets if isinstance(targets, list) else module is not head)
+    ]
+
+
 def lm_eval_model_args(spec: ModelSpec, log: Callable[[str], None] = print) -> dict[str, str]:
     """`pretrained` (and `gguf_file`) arguments for lm-eval's `hf` model for the same model as `spec`."""
     if spec.gguf_file is not None:

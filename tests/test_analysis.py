@@ -107,6 +107,13 @@ def test_similarity_cli_on_runs_sharing_a_frozen_a(tiny_llama_dir, alpaca_file, 
     ).is_file()
     assert len(record["per_layer"]["A"]) == 4  # 2 layers x 2 targets
 
+    itself = runner.invoke(
+        main, ["similarity", str(found[0].path), str(found[0].path), "--output-dir", str(tmp_path / "s")]
+    )
+    assert itself.exit_code == 0, itself.output
+    per_target = json.loads((tmp_path / "s" / "similarity.json").read_text())["per_target"]
+    assert all(v == pytest.approx(1.0) for values in per_target.values() for v in values.values())
+
 
 def test_theory_cli_prints_the_grid():
     result = CliRunner().invoke(
@@ -116,3 +123,12 @@ def test_theory_cli_prints_the_grid():
     assert "B-only (A frozen)" in result.output and result.output.count("│ 16 │ 2 │") == 2
     bad = CliRunner().invoke(main, ["theory", "--d", "8", "--rank", "16"])
     assert bad.exit_code == 2 and "rank <= d" in bad.output
+
+
+def test_theory_bound_ratios_for_a_recipe_from_config_alone(tiny_llama_dir, alpaca_file, write_recipe):
+    recipe = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))  # q_proj (32->32), v_proj (32->16), 2 layers
+    result = CliRunner().invoke(main, ["theory", "--d", "8", "--rank", "2", "--trials", "2", "--recipe", str(recipe)])
+    assert result.exit_code == 0, result.output
+    expected = th.BoundRatios(sum_d_in=128, sum_d_out=96)
+    assert "Σd_in = 128, Σd_out = 96" in result.output
+    assert f"bound(B-only)/bound(both) = {expected.b_only:.4f}" in result.output
