@@ -28,7 +28,8 @@ from asymtune.runs import RunDir
 
 SEED_KEYS = ("seed", "adapter.seed")
 LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
-NOT_RANKED = re.compile(r"steps|rows|runtime|time_to|_s$")
+BOOKKEEPING = re.compile(r"steps|rows|runtime|time_to|_s$|tokens_per_s")  # csv/json only, never ranked
+NOT_RANKED = re.compile(r"_before$")  # shown, but the same for every run of a base model
 CELL = re.compile(r"^\s*(?P<mean>-?[\d.]+)\s*(?:±\s*(?P<std>[\d.]+))?")
 
 
@@ -119,7 +120,7 @@ def best_values(rows: list[Row], columns: list[str]) -> dict[str, float]:
     """Best value per ranked column (lower for losses/perplexity/gaps, higher otherwise)."""
     best = {}
     for column in columns:
-        if NOT_RANKED.search(column):
+        if BOOKKEEPING.search(column) or NOT_RANKED.search(column):
             continue
         values = [row.metrics[column] for row in rows if column in row.metrics and not math.isnan(row.metrics[column])]
         if values:
@@ -164,7 +165,7 @@ def to_markdown(rows: list[Row], baseline: Row | None) -> str:
 
 def shown_columns(rows: list[Row]) -> list[str]:
     """Metric columns for tables: results only (bookkeeping such as steps and runtimes is in csv/json)."""
-    return [column for column in metric_columns(rows) if not NOT_RANKED.search(column)]
+    return [column for column in metric_columns(rows) if not BOOKKEEPING.search(column)]
 
 
 def to_table(rows: list[Row], baseline: Row | None, title: str) -> Table:

@@ -76,6 +76,7 @@ class AdapterSpec(_Strict):
     seed: int = 0
     A: FactorSpec = FactorSpec(init="kaiming_uniform", trainable=True)
     B: FactorSpec = FactorSpec(init="zero", trainable=True)
+    fused: bool = Field(True, description="fused forward/backward for frozen-A layers (B-only)")
 
     @property
     def scale(self) -> float:

@@ -33,6 +33,8 @@ def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, wri
 
     metrics = run.read_json("metrics.json")
     assert metrics["train_steps"] == 4
+    assert metrics["train_tokens"] > 0
+    assert metrics["train_tokens_per_s"] == pytest.approx(metrics["train_tokens"] / metrics["train_runtime_s"])
     assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(metrics["eval_loss"]).exp().item(), rel=1e-5)
     assert metrics["eval_loss"] < metrics["eval_loss_before"]
     params = metrics["parameters"]

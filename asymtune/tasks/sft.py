@@ -11,7 +11,7 @@ import torch
 from transformers import PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from asymtune.adapters import lora
+from asymtune.adapters import fused, lora
 from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
 from asymtune.data.formats import to_prompt_completion
 from asymtune.data.sources import DataError, load_table
@@ -116,6 +116,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     peft_model = lora.apply(model, recipe.adapter, task_type="CAUSAL_LM")
     counts = lora.count_parameters(peft_model)
     console.print(parameter_table(counts))
+    if recipe.adapter.fused and not recipe.adapter.A.trainable:
+        console.print(f"fused frozen-A path on {fused.enable(peft_model)} LoRA layers")
     train_set, eval_set = build_datasets(recipe)
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
@@ -130,10 +132,14 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     result = trainer.train()
     lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
 
+    tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
+    runtime = result.metrics.get("train_runtime")
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "train_steps": result.global_step,
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_runtime_s": runtime,
+        "train_tokens": tokens,
+        "train_tokens_per_s": tokens / runtime if tokens and runtime else None,
         "time_to_first_step_s": first_step.seconds,
         "train_rows": len(train_set),
     }
