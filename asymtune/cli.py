@@ -448,5 +448,47 @@ def print_bound_ratios(source: str, ratios, rank: int) -> None:
     )
 
 
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--compact", "compact_dir", type=click.Path(file_okay=False),
+              help="Write the compact form of RUN's adapter: trained factors + frozen factors' seed spec.")
+@click.option("--peft", "peft_dir", type=click.Path(file_okay=False),
+              help="Write the PEFT form, rebuilt from a compact folder (or copied from RUN).")
+@click.option("--merged", "merged_dir", type=click.Path(file_okay=False),
+              help="Write RUN's base model with the adapter merged in (safetensors).")
+def export(source: str, compact_dir: str | None, peft_dir: str | None, merged_dir: str | None) -> None:
+    """Convert a run's adapter between PEFT, compact and merged forms."""
+    import shutil
+
+    from asymtune.adapters import export as forms
+
+    chosen = [d for d in (compact_dir, peft_dir, merged_dir) if d]
+    if len(chosen) != 1:
+        fail("choose exactly one of --compact DIR, --peft DIR, --merged DIR")
+    target = Path(chosen[0])
+    if target.exists():
+        fail(f"{target} exists; choose a new folder (exports never overwrite)")
+    source_path = Path(source)
+    try:
+        if peft_dir and forms.is_compact(source_path):
+            forms.write_peft(source_path, target)
+        else:
+            run = runs.RunDir.open(source_path)
+            if run.status != "completed":
+                fail(f"{run.path}: status {run.status}; only completed runs have an adapter")
+            if compact_dir:
+                forms.write_compact(run.adapter_dir, target)
+            elif peft_dir:
+                shutil.copytree(run.adapter_dir, target)
+            else:
+                from asymtune.models import load_causal_lm
+
+                model, tokenizer = load_causal_lm(recipes.load(run.path / "recipe.yaml").model, console.print)
+                forms.write_merged(model, tokenizer, run.adapter_dir, target)
+    except (forms.ExportError, runs.RunDirError, recipes.RecipeError, AssetError) as error:
+        fail(str(error))
+    console.print(f"wrote {target} ({forms.folder_size(target) / 2**20:.2f} MiB)", highlight=False)
+
+
 if __name__ == "__main__":
     main()
