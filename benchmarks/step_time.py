@@ -8,7 +8,7 @@ One process, one JSON line per variant on stdout:
   asymtune_b_only_2r  the same at twice the rank (LoRA's parameter count for square layers)
 Step = forward + backward + AdamW step; the median of --steps timed steps after --warmup.
 
-  python benchmarks/step_time.py --model small                      # CPU
+  python benchmarks/step_time.py --model small --interleave         # CPU
   python benchmarks/step_time.py --model llama2-7b --device cuda    # GPU, bf16 random weights
 """
 
@@ -78,53 +78,84 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
-def measure(variant: str, args: argparse.Namespace) -> dict:
-    model = build(variant, args)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, SHAPES[args.model].vocab_size, (args.batch, args.seq), generator=generator)
-    tokens = tokens.to(args.device)
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if cuda:
+class Bench:
+    """One variant's model, optimizer and batch, ready to time single training steps."""
+
+    def __init__(self, variant: str, args: argparse.Namespace) -> None:
+        self.variant, self.args = variant, args
+        self.model = build(variant, args)
+        self.model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=1e-4) if self.trainable else None
+        generator = torch.Generator().manual_seed(0)
+        vocab = SHAPES[args.model].vocab_size
+        self.tokens = torch.randint(0, vocab, (args.batch, args.seq), generator=generator).to(args.device)
+        self.cuda = args.device.startswith("cuda")
+        self.times: list[float] = []
+
+    def step(self, timed: bool) -> None:
+        if self.cuda:
             torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step_time = statistics.median(times)
-    record = {
-        "variant": variant,
-        "model": args.model,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "dtype": "bfloat16" if cuda else "float32",
-        "batch": args.batch,
-        "seq": args.seq,
-        "targets": args.targets,
-        "rank": 2 * args.rank if variant.endswith("_2r") else (None if variant == "frozen_bound" else args.rank),
-        "step_time_s": step_time,
-        "step_time_min_s": min(times),
-        "steps_timed": len(times),
-        "tokens_per_s": args.batch * args.seq / step_time,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "threads": torch.get_num_threads(),
-    }
-    del model, optimizer, trainable
+        start = time.perf_counter()
+        self.model(input_ids=self.tokens, labels=self.tokens).loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda:
+            torch.cuda.synchronize()
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+    def record(self) -> dict:
+        args, step_time = self.args, statistics.median(self.times)
+        return {
+            "variant": self.variant,
+            "model": args.model,
+            "device": torch.cuda.get_device_name() if self.cuda else "cpu",
+            "dtype": "bfloat16" if self.cuda else "float32",
+            "batch": args.batch,
+            "seq": args.seq,
+            "targets": args.targets,
+            "rank": _rank(self.variant, args),
+            "step_time_s": step_time,
+            "step_time_min_s": min(self.times),
+            "steps_timed": len(self.times),
+            "tokens_per_s": args.batch * args.seq / step_time,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None,
+            "trainable_params": sum(p.numel() for p in self.trainable),
+            "threads": torch.get_num_threads(),
+            "interleaved": args.interleave,
+        }
+
+
+def _rank(variant: str, args: argparse.Namespace) -> int | None:
+    if variant == "frozen_bound":
+        return None
+    return 2 * args.rank if variant.endswith("_2r") else args.rank
+
+
+def sequential(variant: str, args: argparse.Namespace) -> dict:
+    """Build, warm up and time one variant alone (GPU: peak memory is this variant's own)."""
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    bench = Bench(variant, args)
+    for step in range(args.warmup + args.steps):
+        bench.step(timed=step >= args.warmup)
+    record = bench.record()
+    del bench
     gc.collect()
-    if cuda:
+    if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return record
+
+
+def interleaved(variants: list[str], args: argparse.Namespace) -> list[dict]:
+    """All variants in memory, one step of each in turn: machine drift hits every variant alike (CPU)."""
+    benches = [Bench(variant, args) for variant in variants]
+    for step in range(args.warmup + args.steps):
+        for bench in benches:
+            bench.step(timed=step >= args.warmup)
+    return [bench.record() for bench in benches]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,13 +171,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="CPU: alternate the variants step by step so machine noise hits all alike",
+    )
     args = parser.parse_args(argv)
     if args.steps < 8:
         parser.error("--steps: the median needs at least 8 timed steps")
-    for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            parser.error(f"--variants: unknown {variant!r}")
-        print(json.dumps(measure(variant, args)), flush=True)
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}")
+    if args.interleave and args.device.startswith("cuda"):
+        parser.error("--interleave is for the CPU: on a GPU each variant's peak memory must be its own")
+    records = interleaved(variants, args) if args.interleave else [sequential(v, args) for v in variants]
+    for record in records:
+        print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
