@@ -67,8 +67,8 @@ class StepLogCallback(TrainerCallback):
 class TimeToFirstStepCallback(TrainerCallback):
     """Seconds from the start of the run to the end of the first optimizer step, minus excluded work."""
 
-    def __init__(self, started: float) -> None:
-        self.started = started
+    def __init__(self, started: float, run: RunDir) -> None:
+        self.started, self.run = started, run
         self.seconds: float | None = None
 
     def exclude(self, seconds: float) -> None:
@@ -79,3 +79,4 @@ class TimeToFirstStepCallback(TrainerCallback):
         if self.seconds is None:
             self.seconds = time.perf_counter() - self.started
             console.print(f"time to first step: {self.seconds:.1f}s (model load, data prep, first step)")
+            self.run.append_log({"event": "first_step", "time_to_first_step_s": self.seconds, "time": time.time()})

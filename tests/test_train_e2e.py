@@ -42,6 +42,8 @@ def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, wri
     assert 0 < params["trainable_percent"] < 100
     log = [json.loads(line) for line in run.log_file.read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    [first_step] = [r for r in log if r.get("event") == "first_step"]
+    assert first_step["time_to_first_step_s"] == metrics["time_to_first_step_s"] > 0
 
     weights = load_file(run.adapter_dir / "adapter_model.safetensors")
     for key, value in weights.items():

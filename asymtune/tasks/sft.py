@@ -121,7 +121,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     train_set, eval_set = build_datasets(recipe)
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
-    first_step = TimeToFirstStepCallback(started)
+    first_step = TimeToFirstStepCallback(started, run)
     callbacks = [ProgressCallback(), StepLogCallback(run), first_step]
     trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks)
     before = None
