@@ -60,8 +60,9 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     from asymtune.adapters.lora import AdapterError  # torch/transformers load only when training
     from asymtune.data.sources import DataError
     from asymtune.models import ModelLoadError
-    from asymtune.tasks import sft
+    from asymtune.tasks import classification, sft
 
+    task_runner = {"sft": sft.run, "classification": classification.run}[recipe.task]
     # Problems with what the user gave us (data, model, targets): one message, exit 2.
     input_errors = (AdapterError, AssetError, DataError, ModelLoadError)
     run = runs.RunDir.create(Path(output_dir), recipe.name)
@@ -70,7 +71,7 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     run.set_status("running")
     console.print(f"run directory: [bold]{run.path}[/bold]")
     try:
-        metrics = sft.run(recipe, run)
+        metrics = task_runner(recipe, run)
     except input_errors as error:
         run.set_status("failed", error=str(error))
         fail(str(error))

@@ -50,7 +50,7 @@ def load_causal_lm(
             raise ModelLoadError(f"model.gguf_file: {gguf_file} does not exist")
         model, tokenizer = load_gguf(gguf_file)
         return model.to(dtype), _with_pad_token(tokenizer)
-    source = _source(spec.name, log)
+    source = model_source(spec.name, log)
     kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -72,7 +72,7 @@ def adapted_dimensions(
     """
     from transformers import AutoConfig
 
-    source = str(Path(spec.gguf_file).parent) if spec.gguf_file else _source(spec.name, log)
+    source = str(Path(spec.gguf_file).parent) if spec.gguf_file else model_source(spec.name, log)
     kwargs = {"gguf_file": Path(spec.gguf_file).name} if spec.gguf_file else {"revision": spec.revision}
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
@@ -93,13 +93,14 @@ def lm_eval_model_args(spec: ModelSpec, log: Callable[[str], None] = print) -> d
     """`pretrained` (and `gguf_file`) arguments for lm-eval's `hf` model for the same model as `spec`."""
     if spec.gguf_file is not None:
         return {"pretrained": str(Path(spec.gguf_file).parent), "gguf_file": Path(spec.gguf_file).name}
-    args = {"pretrained": _source(spec.name, log), "trust_remote_code": str(spec.trust_remote_code)}
+    args = {"pretrained": model_source(spec.name, log), "trust_remote_code": str(spec.trust_remote_code)}
     if spec.revision:
         args["revision"] = spec.revision
     return args
 
 
-def _source(name: str, log: Callable[[str], None]) -> str:
+def model_source(name: str, log: Callable[[str], None]) -> str:
+    """A local folder as given, a named asset resolved (fetched if needed), anything else as a hub id."""
     if Path(name).is_dir():
         return name
     if assets.is_asset(name):

@@ -55,11 +55,20 @@ class ModelSpec(_Strict):
         return self
 
 
+GlueTaskName = Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+
+
 class DataSpec(_Strict):
-    train: str = Field(description="hub dataset id, local json/jsonl/csv/parquet file, or asset name")
-    format: Literal["alpaca", "prompt_completion", "messages"]
+    train: str = Field(description="hub dataset id, local json/jsonl/csv/tsv/parquet file, or asset name")
+    format: Literal["alpaca", "prompt_completion", "messages"] | None = Field(None, description="sft only")
+    config: str | None = Field(None, description="hub dataset configuration (GLUE: the task)")
+    glue_task: GlueTaskName | None = Field(None, description="classification: GLUE columns, labels, metrics")
+    text_fields: list[str] | None = Field(None, description="classification: input column(s) of your own data")
+    label_field: str = "label"
     split: str = "train"
-    eval: str | None = Field(None, description="held-out file or hub id; else eval_fraction of train")
+    eval: str | dict[str, str] | None = Field(
+        None, description="held-out file/hub id, or {name: file} for several; else eval_fraction of train"
+    )
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
@@ -136,12 +145,27 @@ class TrainSpec(_Strict):
 class Recipe(_Strict):
     name: str
     description: str = ""
-    task: Literal["sft"]
+    task: Literal["sft", "classification"]
     seed: int = 0
     model: ModelSpec
     data: DataSpec
     adapter: AdapterSpec
     train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _data_fits_task(self) -> Recipe:
+        data = self.data
+        if self.task == "sft":
+            if data.format is None:
+                raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
+            if data.glue_task or data.text_fields:
+                raise ValueError("data.glue_task and data.text_fields are for task classification, not sft")
+        if self.task == "classification":
+            if data.format is not None:
+                raise ValueError("data.format is for task sft; classification reads data.text_fields/label_field")
+            if not data.glue_task and not data.text_fields:
+                raise ValueError("task classification needs data.glue_task or data.text_fields")
+        return self
 
     @field_validator("name")
     @classmethod

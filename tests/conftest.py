@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
 from asymtune.data.formats import ALPACA_PROMPT_NO_INPUT, ALPACA_PROMPT_WITH_INPUT
 
@@ -54,10 +54,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A saved 2-layer Llama (hidden 32) with a 400-token BPE tokenizer trained offline."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
+def train_tokenizer() -> PreTrainedTokenizerFast:
+    """A 400-token byte-level BPE trained offline on the fixture vocabulary and the Alpaca prompts."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -69,6 +67,14 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
         tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A saved 2-layer Llama (hidden 32) with the fixture tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = train_tokenizer()
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -78,6 +84,22 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    """A saved 2-layer RoBERTa encoder (hidden 32) with the fixture tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    tokenizer = train_tokenizer()
+    tokenizer.save_pretrained(folder)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=300, type_vocab_size=1, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    RobertaModel(config).save_pretrained(folder)
     return folder
 
 

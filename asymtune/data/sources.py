@@ -9,22 +9,24 @@ import datasets
 
 from asymtune import assets
 
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
 
 class DataError(Exception):
     """The data named by the recipe cannot be used; the message names the file, column or row."""
 
 
-def load_table(ref: str, split: str = "train", log: Callable[[str], None] = print) -> datasets.Dataset:
-    """One split of `ref` as a `datasets.Dataset` (local files are a single 'train' split)."""
+def load_table(
+    ref: str, split: str = "train", log: Callable[[str], None] = print, config: str | None = None
+) -> datasets.Dataset:
+    """One split of `ref` (hub `config` if given) as a `datasets.Dataset`; a local file is one split."""
     if assets.is_asset(ref):
         return _load_local(assets.resolve(ref, log))
     path = Path(ref)
     if path.exists() or path.suffix.lower() in LOCAL_BUILDERS:
         return _load_local(path)
     try:
-        return datasets.load_dataset(ref, split=split)
+        return datasets.load_dataset(ref, config, split=split)
     except Exception as error:  # datasets raises many types for "not found / offline"
         raise DataError(
             f"{ref!r} is not a local file or a known asset ({', '.join(assets.ASSETS)}), "
@@ -40,8 +42,9 @@ def _load_local(path: Path) -> datasets.Dataset:
         raise DataError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_BUILDERS)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # pyarrow/json parse errors come in several types
         cause = error.__cause__ or error
         raise DataError(f"{path}: cannot read as {builder}: {str(cause).strip().splitlines()[0]}") from None

@@ -27,6 +27,8 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
     spec = recipe.data
     train = to_prompt_completion(load_table(spec.train, spec.split, console.print), spec.format, spec.train)
     held_out = None
+    if isinstance(spec.eval, dict):
+        raise DataError("data.eval: task sft takes one held-out file or hub id, not a mapping")
     if spec.eval is not None:
         held_out = to_prompt_completion(load_table(spec.eval, "validation", console.print), spec.format, spec.eval)
     return train_eval_split(

@@ -1,0 +1,208 @@
+"""`task: classification` — sequence classification / regression with the HF Trainer.
+
+GLUE tasks are built in (columns, label count, validation splits, metrics); other data names its
+input columns (`data.text_fields`) and label column (`data.label_field`). The classifier head is
+new, so it is always trained (PEFT's `modules_to_save` for SEQ_CLS) and counted as `other`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from asymtune.adapters import fused, lora
+from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
+from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
+from asymtune.data.sources import DataError, load_table
+from asymtune.data.splits import train_eval_split
+from asymtune.evaluation import metrics as m
+from asymtune.models import ModelLoadError, model_source, select_dtype
+from asymtune.recipe import Recipe
+from asymtune.report import console, parameter_table
+from asymtune.runs import RunDir
+
+CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
+
+
+class LabelledData:
+    """Train and named eval splits with integer (or float, for regression) labels in column `labels`."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        spec = recipe.data
+        self.label_field = spec.label_field
+        self.glue: GlueTask | None = GLUE.get(spec.glue_task) if spec.glue_task else None
+        self.text_fields = list(self.glue.text_fields if self.glue and not spec.text_fields else spec.text_fields)
+        config = spec.config or (spec.glue_task if spec.train == GLUE_HUB_ID else None)
+        train = self._check(load_table(spec.train, spec.split, console.print, config), spec.train)
+        held_out: dict[str, datasets.Dataset] = {}
+        if isinstance(spec.eval, dict):
+            held_out = {name: self._check(load_table(ref, "validation", console.print), ref)
+                        for name, ref in spec.eval.items()}
+        elif spec.eval is not None:
+            held_out = {"validation": self._check(load_table(spec.eval, "validation", console.print), spec.eval)}
+        elif self.glue and spec.eval_fraction == 0 and spec.train == GLUE_HUB_ID:
+            held_out = {
+                split: self._check(load_table(spec.train, split, console.print, config), f"{spec.train}:{split}")
+                for split in self.glue.eval_splits
+            }
+        if held_out:
+            train, _ = train_eval_split(train, None, 0.0, recipe.seed, spec.max_train_samples)
+            held_out = {name: train_eval_split(table, None, 0.0, recipe.seed, spec.max_eval_samples)[0]
+                        for name, table in held_out.items()}
+        else:
+            train, split_off = train_eval_split(train, None, spec.eval_fraction, recipe.seed,
+                                                spec.max_train_samples, spec.max_eval_samples)
+            held_out = {"validation": split_off} if split_off is not None else {}
+        self.regression = bool(self.glue and self.glue.is_regression)
+        self.label_names = self._label_names(train, spec.label_field)
+        self.train = self._encode_labels(train, spec.label_field, spec.train)
+        self.eval = {name: self._encode_labels(t, spec.label_field, name) for name, t in held_out.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.label_names)
+
+    def _check(self, table: datasets.Dataset, source: str) -> datasets.Dataset:
+        missing = [c for c in [*self.text_fields, self.label_field] if c not in table.column_names]
+        if missing:
+            raise DataError(f"{source}: missing column(s) {', '.join(missing)}; the data has "
+                            f"{', '.join(table.column_names)} (set data.text_fields / data.label_field)")
+        return table
+
+    def _label_names(self, train: datasets.Dataset, field: str) -> list[str]:
+        if self.regression:
+            return []
+        feature = train.features[field]
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+        return sorted({str(value) for value in train[field]})
+
+    def _encode_labels(self, table: datasets.Dataset, field: str, source: str) -> datasets.Dataset:
+        values = table[field]
+        if self.regression:
+            labels = [float(v) for v in values]
+        elif isinstance(table.features[field], datasets.ClassLabel):
+            labels = list(values)
+        else:
+            index = {name: i for i, name in enumerate(self.label_names)}
+            labels = []
+            for row, value in enumerate(values):
+                if str(value) not in index:
+                    raise DataError(f"{source}: row {row}: label {value!r} is not one of the training labels "
+                                    f"{', '.join(self.label_names)}")
+                labels.append(index[str(value)])
+        return table.remove_columns([c for c in table.column_names if c not in self.text_fields]).add_column(
+            "labels", labels
+        )
+
+
+def compute_metrics_for(glue: GlueTask | None, regression: bool):
+    metric_functions = glue.metrics if glue else CUSTOM_METRICS
+
+    def compute(prediction) -> dict[str, float]:
+        logits, labels = prediction.predictions, prediction.label_ids
+        predicted = logits.squeeze(-1) if regression else np.argmax(logits, axis=-1)
+        return {name: function(predicted, labels) for name, function in metric_functions.items()}
+
+    return compute
+
+
+def load_classifier(recipe: Recipe, data: LabelledData):
+    spec = recipe.model
+    if spec.gguf_file:
+        raise ModelLoadError("model.gguf_file: GGUF holds causal LMs; classification needs model.name")
+    source = model_source(spec.name, console.print)
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    labels = {}
+    if data.label_names:
+        labels = {"id2label": dict(enumerate(data.label_names)),
+                  "label2id": {name: i for i, name in enumerate(data.label_names)}}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=data.num_labels, dtype=select_dtype(spec.dtype),
+            problem_type="regression" if data.regression else "single_label_classification",
+            **labels, **kwargs,
+        )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model.name {spec.name!r}: cannot load a sequence classifier: "
+                             f"{str(error).strip().splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
+    """Train a classifier per `recipe`, save the adapter (with the head) into `run`, return metrics."""
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+    data = LabelledData(recipe)
+    model, tokenizer = load_classifier(recipe, data)
+    peft_model = lora.apply(model, recipe.adapter, task_type="SEQ_CLS")
+    counts = lora.count_parameters(peft_model)
+    console.print(parameter_table(counts))
+    if recipe.adapter.fused and not recipe.adapter.A.trainable:
+        console.print(f"fused frozen-A path on {fused.enable(peft_model)} LoRA layers")
+    max_length = recipe.data.max_length
+
+    def tokenize(batch):
+        return tokenizer(*[batch[field] for field in data.text_fields], truncation=True, max_length=max_length)
+
+    train_set = data.train.map(tokenize, batched=True, remove_columns=data.text_fields, desc="tokenizing train")
+    eval_sets = {name: table.map(tokenize, batched=True, remove_columns=data.text_fields, desc=f"tokenizing {name}")
+                 for name, table in data.eval.items()}
+    console.print(f"data: {len(train_set)} train rows; eval: "
+                  + (", ".join(f"{n} {len(t)}" for n, t in eval_sets.items()) or "none"))
+
+    train = recipe.train
+    args = TrainingArguments(
+        output_dir=str(run.path / "checkpoints"), seed=recipe.seed, num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1, learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
+        gradient_accumulation_steps=train.grad_accum, warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm, lr_scheduler_type=train.lr_scheduler,
+        logging_steps=train.logging_steps, eval_strategy="no", save_strategy="no", report_to=[],
+        disable_tqdm=True, bf16=model.dtype == torch.bfloat16, fp16=model.dtype == torch.float16,
+        gradient_checkpointing=train.gradient_checkpointing, dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    first_step = TimeToFirstStepCallback(started, run)
+    trainer = Trainer(
+        model=peft_model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics_for(data.glue, data.regression),
+        callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
+    )
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
+
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss, "train_steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"), "time_to_first_step_s": first_step.seconds,
+        "train_rows": len(train_set),
+    }
+    headline_hits = headline_total = 0.0
+    for name, table in eval_sets.items():
+        scores = trainer.evaluate(eval_dataset=table, metric_key_prefix=f"eval_{name}")
+        metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second"))})
+        if data.glue:
+            headline = scores[f"eval_{name}_{data.glue.headline}"]
+            headline_hits, headline_total = headline_hits + headline * len(table), headline_total + len(table)
+    if data.glue and headline_total:  # MNLI: accuracy over both validation sets together
+        metrics[f"glue_{data.glue.name}"] = headline_hits / headline_total
+    metrics["parameters"] = counts.as_dict()
+    return metrics
