@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from click.testing import CliRunner
 from conftest import sft_recipe
@@ -43,7 +45,9 @@ def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, 
     assert first.exit_code == 0, first.output
     runs = expand([str(tmp_path / "runs")])
     assert len(runs) == 4 and all(run.status == "completed" for run in runs)
-    assert first.output.count("│ tiny-sft-rank") == 2 and first.output.count(" 2 │") >= 2  # two variants, n=2 each
+    assert "Sweep of" in first.output  # the compare table follows the runs
+    grouped = json.loads(CliRunner().invoke(main, ["compare", str(tmp_path / "runs"), "--format", "json"]).output)
+    assert sorted((row["label"], row["n_runs"]) for row in grouped) == [("tiny-sft-rank2", 2), ("tiny-sft-rank4", 2)]
 
     again = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
     assert again.exit_code == 0 and again.output.count("already done") == 4
