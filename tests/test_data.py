@@ -93,3 +93,23 @@ def test_separate_eval_source_wins_over_fraction():
     extra = datasets.Dataset.from_list([{"i": 99}])
     train, held_out = train_eval_split(table, extra, 0.5, seed=0)
     assert len(train) == 10 and held_out["i"] == [99]
+
+
+def test_class_folders_load_with_labels_and_split_stratified(tmp_path):
+    for name in ("tech", "sport", "business"):
+        (tmp_path / "docs" / name).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "docs" / name / f"{i:03d}.txt").write_text(f"{name} story {i}")
+    (tmp_path / "docs" / "tech" / "bad.txt").write_bytes(b"caf\xe9 story")  # latin-1, not UTF-8
+    messages = []
+    table = load_table(str(tmp_path / "docs"), log=messages.append)
+    assert table.features["label"].names == ["business", "sport", "tech"]
+    assert len(table) == 13 and "caf\ufffd story" in table["text"]
+    assert "1 file(s) not valid UTF-8" in messages[0] and "bad.txt" in messages[0]
+    train, held_out = train_eval_split(table, None, 0.25, seed=0, stratify_by="label")
+    counts = {label: held_out["label"].count(label) for label in (0, 1, 2)}
+    assert counts[0] == counts[1] == 1 and counts[2] >= 1  # every class in the held-out part
+    assert len(train) + len(held_out) == 13
+    (tmp_path / "docs" / "empty").mkdir()
+    with pytest.raises(DataError, match=r"class 'empty' has no \.txt documents"):
+        load_table(str(tmp_path / "docs"))

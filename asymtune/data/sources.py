@@ -1,4 +1,5 @@
-"""Tabular data sources: a named asset, a local json/jsonl/csv/parquet file, or a hub dataset id."""
+"""Data sources: a named asset, a local json/jsonl/csv/tsv/parquet file, a folder of class folders of .txt
+documents, or a hub dataset id."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ def load_table(
 ) -> datasets.Dataset:
     """One split of `ref` (hub `config` if given) as a `datasets.Dataset`; a local file is one split."""
     if assets.is_asset(ref):
-        return _load_local(assets.resolve(ref, log))
+        return _load_local(assets.resolve(ref, log), log)
     path = Path(ref)
     if path.exists() or path.suffix.lower() in LOCAL_BUILDERS:
-        return _load_local(path)
+        return _load_local(path, log)
     try:
         return datasets.load_dataset(ref, config, split=split)
     except Exception as error:  # datasets raises many types for "not found / offline"
@@ -34,7 +35,34 @@ def load_table(
         ) from None
 
 
-def _load_local(path: Path) -> datasets.Dataset:
+def load_class_folders(root: Path, log: Callable[[str], None] = print) -> datasets.Dataset:
+    """A folder with one subfolder per class of .txt documents -> rows {text, label (ClassLabel)}."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}: no class subfolders")
+    texts, labels, repaired = [], [], []
+    for index, name in enumerate(classes):
+        files = sorted((root / name).glob("*.txt"))
+        if not files:
+            raise DataError(f"{root / name}: class {name!r} has no .txt documents")
+        for file in files:
+            raw = file.read_bytes()
+            try:
+                texts.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(raw.decode("utf-8", errors="replace"))
+                repaired.append(str(file))
+            labels.append(index)
+    if repaired:
+        log(f"[yellow]warning:[/yellow] {len(repaired)} file(s) not valid UTF-8, bad bytes replaced: "
+            + ", ".join(repaired[:3]))
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Dataset:
+    if path.is_dir():
+        return load_class_folders(path, log)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     builder = LOCAL_BUILDERS.get(path.suffix.lower())

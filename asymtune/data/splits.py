@@ -14,17 +14,19 @@ def train_eval_split(
     seed: int,
     max_train: int | None = None,
     max_eval: int | None = None,
+    stratify_by: str | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """(train, eval): `held_out` if given, else a seeded `eval_fraction` of train, else no eval set.
 
-    `max_train` / `max_eval` keep the first N rows after the split (deterministic for a seed).
+    `max_train` / `max_eval` keep the first N rows after the split (deterministic for a seed);
+    `stratify_by` (a ClassLabel column) keeps each class's share equal in both parts.
     """
     if held_out is None and eval_fraction > 0:
         if round(len(train) * eval_fraction) < 1:
             raise DataError(
                 f"data.eval_fraction {eval_fraction} of {len(train)} rows leaves no evaluation rows"
             )
-        parts = train.train_test_split(test_size=eval_fraction, seed=seed, shuffle=True)
+        parts = train.train_test_split(test_size=eval_fraction, seed=seed, shuffle=True, stratify_by_column=stratify_by)
         train, held_out = parts["train"], parts["test"]
     if max_train is not None:
         train = train.select(range(min(max_train, len(train))))

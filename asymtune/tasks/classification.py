@@ -63,8 +63,9 @@ class LabelledData:
             held_out = {name: train_eval_split(table, None, 0.0, recipe.seed, spec.max_eval_samples)[0]
                         for name, table in held_out.items()}
         else:
+            stratify = spec.label_field if isinstance(train.features[spec.label_field], datasets.ClassLabel) else None
             train, split_off = train_eval_split(train, None, spec.eval_fraction, recipe.seed,
-                                                spec.max_train_samples, spec.max_eval_samples)
+                                                spec.max_train_samples, spec.max_eval_samples, stratify)
             held_out = {"validation": split_off} if split_off is not None else {}
         self.regression = bool(self.glue and self.glue.is_regression)
         self.label_names = self._label_names(train, spec.label_field)
@@ -198,7 +199,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     headline_hits = headline_total = 0.0
     for name, table in eval_sets.items():
         scores = trainer.evaluate(eval_dataset=table, metric_key_prefix=f"eval_{name}")
-        metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second"))})
+        metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second", "epoch"))})
         if data.glue:
             headline = scores[f"eval_{name}_{data.glue.headline}"]
             headline_hits, headline_total = headline_hits + headline * len(table), headline_total + len(table)
