@@ -164,6 +164,8 @@ def rerun_task_metrics(run_paths: tuple[str, ...], root: Path) -> None:
             if run.status != "completed":
                 fail(f"{run.path}: status {run.status}; only completed runs have an adapter to evaluate")
             recipe = recipes.load(run.path / "recipe.yaml")
+            if recipe.task != "sft":
+                fail(f"{run.path}: re-running {recipe.task} metrics is not built yet; they are in metrics.json")
             metrics = sft.evaluate(recipe, run)
             atomic.write_json(run.path / "eval" / "task.json", metrics)
             results.print(summary_table(f"{recipe.name} — {run.path.name}", metrics))

@@ -39,7 +39,10 @@ def model_args_for(run: RunDir, status: dict[str, Any], log) -> dict[str, str]:
         return {**lm_eval_model_args(spec, log), "dtype": str(select_dtype("auto")).removeprefix("torch.")}
     if status.get("status") != "completed" or not (run.adapter_dir / "adapter_config.json").is_file():
         raise RunDirError(f"{run.path}: status {status.get('status', 'unknown')}, no finished adapter to evaluate")
-    spec = recipe.load(run.path / "recipe.yaml").model
+    trained = recipe.load(run.path / "recipe.yaml")
+    if trained.task != "sft":
+        raise RunDirError(f"{run.path}: MMLU evaluates causal language models; this is a {trained.task} run")
+    spec = trained.model
     dtype = str(select_dtype(spec.dtype)).removeprefix("torch.")
     return {**lm_eval_model_args(spec, log), "peft": str(run.adapter_dir), "dtype": dtype}
 
