@@ -65,6 +65,10 @@ class DataSpec(_Strict):
     glue_task: GlueTaskName | None = Field(None, description="classification: GLUE columns, labels, metrics")
     text_fields: list[str] | None = Field(None, description="classification: input column(s) of your own data")
     label_field: str = "label"
+    summarization: Literal["xsum", "cnn_dailymail"] | None = Field(None, description="seq2seq: built-in dataset")
+    source_field: str | None = Field(None, description="seq2seq: input column of your own data")
+    target_field: str | None = Field(None, description="seq2seq: output column of your own data")
+    max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
     split: str = "train"
     eval: str | dict[str, str] | None = Field(
         None, description="held-out file/hub id, or {name: file} for several; else eval_fraction of train"
@@ -142,29 +146,45 @@ class TrainSpec(_Strict):
     gradient_checkpointing: bool = False
 
 
+class GenerationSpec(_Strict):
+    """Beam search used to evaluate seq2seq runs."""
+
+    num_beams: int = Field(4, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
-    task: Literal["sft", "classification"]
+    task: Literal["sft", "classification", "seq2seq"]
     seed: int = 0
     model: ModelSpec
     data: DataSpec
     adapter: AdapterSpec
     train: TrainSpec = TrainSpec()
+    generation: GenerationSpec = GenerationSpec()
 
     @model_validator(mode="after")
     def _data_fits_task(self) -> Recipe:
         data = self.data
-        if self.task == "sft":
-            if data.format is None:
-                raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
-            if data.glue_task or data.text_fields:
-                raise ValueError("data.glue_task and data.text_fields are for task classification, not sft")
-        if self.task == "classification":
-            if data.format is not None:
-                raise ValueError("data.format is for task sft; classification reads data.text_fields/label_field")
-            if not data.glue_task and not data.text_fields:
-                raise ValueError("task classification needs data.glue_task or data.text_fields")
+        keys_of = {
+            "sft": ("format",),
+            "classification": ("glue_task", "text_fields"),
+            "seq2seq": ("summarization", "source_field", "target_field"),
+        }
+        for task, keys in keys_of.items():
+            stray = [f"data.{key}" for key in keys if task != self.task and getattr(data, key)]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} belong(s) to task {task}, not {self.task}")
+        if self.task == "sft" and data.format is None:
+            raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
+        if self.task == "classification" and not (data.glue_task or data.text_fields):
+            raise ValueError("task classification needs data.glue_task or data.text_fields")
+        if self.task == "seq2seq" and not (data.summarization or (data.source_field and data.target_field)):
+            raise ValueError("task seq2seq needs data.summarization or both data.source_field and data.target_field")
         return self
 
     @field_validator("name")

@@ -139,4 +139,4 @@ def test_missing_column_and_unknown_label_are_named(tiny_roberta_dir, write_reci
 def test_recipe_rejects_mixed_task_settings(write_recipe, tmp_path):
     recipe = classification_recipe(tmp_path, {"train": "x.jsonl", "format": "alpaca", "glue_task": "rte"})
     result = CliRunner().invoke(main, ["validate", str(write_recipe(recipe))])
-    assert result.exit_code == 2 and "data.format is for task sft" in result.output
+    assert result.exit_code == 2 and "data.format belong(s) to task sft, not classification" in result.output

@@ -12,7 +12,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-import torch
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -33,6 +32,7 @@ from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
+from asymtune.tasks.base import trainer_options
 
 CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
@@ -169,18 +169,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     console.print(f"data: {len(train_set)} train rows; eval: "
                   + (", ".join(f"{n} {len(t)}" for n, t in eval_sets.items()) or "none"))
 
-    train = recipe.train
-    args = TrainingArguments(
-        output_dir=str(run.path / "checkpoints"), seed=recipe.seed, num_train_epochs=train.epochs,
-        max_steps=train.max_steps or -1, learning_rate=train.learning_rate,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
-        gradient_accumulation_steps=train.grad_accum, warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm, lr_scheduler_type=train.lr_scheduler,
-        logging_steps=train.logging_steps, eval_strategy="no", save_strategy="no", report_to=[],
-        disable_tqdm=True, bf16=model.dtype == torch.bfloat16, fp16=model.dtype == torch.float16,
-        gradient_checkpointing=train.gradient_checkpointing, dataloader_pin_memory=torch.cuda.is_available(),
-    )
+    args = TrainingArguments(**trainer_options(recipe, run, model.dtype))
     first_step = TimeToFirstStepCallback(started, run)
     trainer = Trainer(
         model=peft_model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),

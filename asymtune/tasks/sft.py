@@ -20,6 +20,7 @@ from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
+from asymtune.tasks.base import trainer_options
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -38,34 +39,13 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
 
 def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool, dtype: torch.dtype) -> SFTConfig:
     """SFTConfig from the recipe's train/data sections (no checkpoints: the adapter is saved at the end)."""
-    train, data = recipe.train, recipe.data
-    periodic_eval = has_eval and train.eval_steps is not None
+    periodic_eval = has_eval and recipe.train.eval_steps is not None
     return SFTConfig(
-        output_dir=str(run.path / "checkpoints"),
-        seed=recipe.seed,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps or -1,
-        learning_rate=train.learning_rate,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
-        warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        lr_scheduler_type=train.lr_scheduler,
-        logging_steps=train.logging_steps,
-        eval_strategy="steps" if periodic_eval else "no",
-        eval_steps=train.eval_steps if periodic_eval else None,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=train.gradient_checkpointing,
-        max_length=data.max_length,
-        completion_only_loss=data.completion_only_loss,
+        **{**trainer_options(recipe, run, dtype), "eval_strategy": "steps" if periodic_eval else "no"},
+        eval_steps=recipe.train.eval_steps if periodic_eval else None,
+        max_length=recipe.data.max_length,
+        completion_only_loss=recipe.data.completion_only_loss,
         dataset_num_proc=None,
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 
