@@ -194,12 +194,11 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             problems.append(str(error))
             continue
         adapter = recipe.adapter
-        console.print(
-            f"[green]ok[/green] {path}: {recipe.name} — A {adapter.A.label}, B {adapter.B.label}, "
-            f"r={adapter.rank}, alpha={adapter.lora_alpha:g}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        summary = f"method {adapter.method}" + (f", r={adapter.rank}" if adapter.rank else "")
+        if adapter.method == "lora":
+            summary = f"A {adapter.A.label}, B {adapter.B.label}, r={adapter.rank}, alpha={adapter.lora_alpha:g}"
+        console.print(f"[green]ok[/green] {path}: {recipe.name} ({recipe.task}) — {summary}", highlight=False,
+                      soft_wrap=True)
     if problems:
         fail("\n".join(problems))
 
@@ -427,11 +426,15 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_path, recipe_file)
             rank = recipes.load(run.path / "recipe.yaml").adapter.rank
         except (runs.RunDirError, recipes.RecipeError, KeyError) as error:
             fail(f"--run {run_path}: needs a completed run with parameter counts ({error})")
+        if rank is None or not (parameters["frozen_A"] + parameters["trainable_A"]):
+            fail(f"--run {run_path}: Lemma 4.5 needs a LoRA-family run (A and B factors)")
         print_bound_ratios(str(run.path), th.bound_ratios_from_counts(parameters, rank), rank)
     if recipe_file:
         from asymtune.models import ModelLoadError, adapted_dimensions
 
         recipe = load_recipe(recipe_file)
+        if recipe.adapter.rank is None or recipe.adapter.targets is None:
+            fail(f"{recipe_file}: Lemma 4.5 needs a LoRA-family adapter (rank and targets)")
         try:
             dims = adapted_dimensions(recipe.model, recipe.adapter.targets, console.print)
         except (ModelLoadError, AssetError) as error:
@@ -477,8 +480,9 @@ def export(source: str, compact_dir: str | None, peft_dir: str | None, merged_di
             forms.write_peft(source_path, target)
         else:
             run = runs.RunDir.open(source_path)
-            if run.status != "completed":
-                fail(f"{run.path}: status {run.status}; only completed runs have an adapter")
+            if run.status != "completed" or not (run.adapter_dir / "adapter_config.json").is_file():
+                fail(f"{run.path}: status {run.status}; no saved adapter to export (full fine-tuning and linear "
+                     f"probing save the whole model in {run.model_dir.name}/)")
             if compact_dir:
                 forms.write_compact(run.adapter_dir, target)
             elif peft_dir:

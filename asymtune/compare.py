@@ -50,7 +50,10 @@ class Row:
 
 
 def method_name(adapter: recipes.AdapterSpec) -> str:
-    """The paper's families: B-only, A-only, LoRA (A kaiming + B zero, both trained), both (other inits)."""
+    """The paper's families: B-only, A-only, LoRA (A kaiming + B zero, both trained), both (other inits);
+    a baseline method by its name."""
+    if adapter.method != "lora":
+        return adapter.method
     if not adapter.A.trainable:
         return "B-only"
     if not adapter.B.trainable:
@@ -254,7 +257,7 @@ def _group_row(members: list[tuple[RunDir, dict[str, Any] | None]]) -> Row:
     else:
         adapter = recipes.AdapterSpec.model_validate(document["adapter"])
         row.method, row.rank = method_name(adapter), adapter.rank
-        row.factors = f"A {adapter.A.label}, B {adapter.B.label}"
+        row.factors = f"A {adapter.A.label}, B {adapter.B.label}" if adapter.method == "lora" else ""
         row.label = document["name"]
         params = (first_run.read_json("metrics.json") or {}).get("parameters", {})
         row.trainable, row.trainable_percent = params.get("trainable"), params.get("trainable_percent")

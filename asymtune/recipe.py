@@ -80,16 +80,26 @@ class DataSpec(_Strict):
     completion_only_loss: bool = True
 
 
+Method = Literal["lora", "lora_fa", "adalora", "ia3", "vera", "full", "linear_probe"]
+RANKED_METHODS = ("lora", "lora_fa", "adalora", "vera")  # need adapter.rank and adapter.targets
+
+
 class AdapterSpec(_Strict):
-    method: Literal["lora"] = "lora"
-    rank: int = Field(ge=1)
+    """What to train. `lora` is the asymmetric core (per-factor init and freezing); the rest are the
+    paper's baselines: LoRA-FA (PEFT's optimizer: A frozen kaiming, B trained), AdaLoRA, (IA)³ and VeRA
+    through PEFT, full fine-tuning, and linear probing (the classification head only)."""
+
+    method: Method = "lora"
+    rank: int | None = Field(None, ge=1, description="lora/lora_fa/vera rank; adalora initial rank")
     alpha: float | None = Field(None, gt=0, description="default 2 x rank, as in the paper")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: list[str] | Literal["all-linear"]
+    targets: list[str] | Literal["all-linear"] | None = None
     seed: int = 0
     A: FactorSpec = FactorSpec(init="kaiming_uniform", trainable=True)
     B: FactorSpec = FactorSpec(init="zero", trainable=True)
     fused: bool = Field(True, description="fused forward/backward for frozen-A layers (B-only)")
+    adalora_target_rank: int | None = Field(None, ge=1, description="adalora: average rank kept (default rank/2)")
+    ia3_feedforward: list[str] | None = Field(None, description="ia3: targets scaled at their input (MLP)")
 
     @property
     def scale(self) -> float:
@@ -102,12 +112,30 @@ class AdapterSpec(_Strict):
 
     @field_validator("targets")
     @classmethod
-    def _targets_not_empty(cls, value: list[str] | str) -> list[str] | str:
+    def _targets_not_empty(cls, value: list[str] | str | None) -> list[str] | str | None:
         if isinstance(value, list) and not value:
             raise ValueError("list at least one module name, or write 'all-linear'")
         return value
 
     @model_validator(mode="after")
+    def _method_settings(self) -> AdapterSpec:
+        method = self.method
+        defaults = type(self).model_fields
+        lora_only = [k for k in ("A", "B", "fused") if getattr(self, k) != defaults[k].default]
+        if method in RANKED_METHODS and (self.rank is None or self.targets is None):
+            raise ValueError(f"method {method} needs adapter.rank and adapter.targets")
+        if method == "ia3" and self.targets is None:
+            raise ValueError("method ia3 needs adapter.targets")
+        if method in ("full", "linear_probe") and (self.rank is not None or self.targets is not None):
+            raise ValueError(f"method {method} trains no adapter: remove adapter.rank and adapter.targets")
+        if method != "lora" and lora_only:
+            raise ValueError(f"adapter.{', adapter.'.join(lora_only)} apply to method lora, not {method}")
+        if method != "adalora" and self.adalora_target_rank is not None:
+            raise ValueError("adapter.adalora_target_rank applies to method adalora only")
+        if method != "ia3" and self.ia3_feedforward is not None:
+            raise ValueError("adapter.ia3_feedforward applies to method ia3 only")
+        return self._adapter_can_learn() if method == "lora" else self
+
     def _adapter_can_learn(self) -> AdapterSpec:
         a, b = self.A, self.B
         if not a.trainable and not b.trainable:
@@ -185,6 +213,8 @@ class Recipe(_Strict):
             raise ValueError("task classification needs data.glue_task or data.text_fields")
         if self.task == "seq2seq" and not (data.summarization or (data.source_field and data.target_field)):
             raise ValueError("task seq2seq needs data.summarization or both data.source_field and data.target_field")
+        if self.adapter.method == "linear_probe" and self.task != "classification":
+            raise ValueError(f"adapter.method linear_probe trains a classification head; task {self.task} has none")
         return self
 
     @field_validator("name")

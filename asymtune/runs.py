@@ -59,6 +59,11 @@ class RunDir:
         return self.path / "adapter"
 
     @property
+    def model_dir(self) -> Path:
+        """Whole-model weights, for methods that train the base model itself (full, linear_probe)."""
+        return self.path / "model"
+
+    @property
     def log_file(self) -> Path:
         return self.path / "logs" / "train.jsonl"
 

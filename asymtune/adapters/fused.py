@@ -138,6 +138,11 @@ def enable(model: nn.Module) -> int:
     return count
 
 
+def enabled_count(model: nn.Module) -> int:
+    """How many layers `enable` routed through the fused path."""
+    return sum(1 for m in model.modules() if isinstance(m, LoraLinear) and "forward" in m.__dict__)
+
+
 def disable(model: nn.Module) -> None:
     """Restore PEFT's forward on every layer `enable` touched."""
     for module in model.modules():

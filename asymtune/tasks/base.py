@@ -1,4 +1,4 @@
-"""What every task family's trainer shares: the HF TrainingArguments a recipe's train section sets."""
+"""What every task family's trainer shares: TrainingArguments from the recipe, and the run's callbacks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
 from asymtune.recipe import Recipe
 from asymtune.runs import RunDir
 
@@ -36,3 +37,8 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
         "gradient_checkpointing": train.gradient_checkpointing,
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
+
+
+def run_callbacks(run: RunDir, first_step: TimeToFirstStepCallback) -> list:
+    """The progress bar, the per-step JSONL log and the time-to-first-step probe."""
+    return [ProgressCallback(), StepLogCallback(run), first_step]

@@ -22,8 +22,8 @@ from transformers import (
     set_seed,
 )
 
-from asymtune.adapters import fused, lora
-from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
+from asymtune.adapters import fused, methods
+from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
@@ -32,7 +32,7 @@ from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
-from asymtune.tasks.base import trainer_options
+from asymtune.tasks.base import run_callbacks, trainer_options
 
 CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
@@ -153,11 +153,13 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     set_seed(recipe.seed)
     data = LabelledData(recipe)
     model, tokenizer = load_classifier(recipe, data)
-    peft_model = lora.apply(model, recipe.adapter, task_type="SEQ_CLS")
-    counts = lora.count_parameters(peft_model)
+    base = sum(p.numel() for p in model.parameters())
+    steps = methods.planned_steps(recipe, len(data.train))
+    peft_model = methods.build(model, recipe.adapter, "SEQ_CLS", steps)
+    counts = methods.count(peft_model, recipe.adapter, base)
     console.print(parameter_table(counts))
-    if recipe.adapter.fused and not recipe.adapter.A.trainable:
-        console.print(f"fused frozen-A path on {fused.enable(peft_model)} LoRA layers")
+    if fused.enabled_count(peft_model):
+        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
     max_length = recipe.data.max_length
 
     def tokenize(batch):
@@ -174,11 +176,12 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     trainer = Trainer(
         model=peft_model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics_for(data.glue, data.regression),
-        callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
+        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
+        optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
     result = trainer.train()
-    lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
+    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
 
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss, "train_steps": result.global_step,

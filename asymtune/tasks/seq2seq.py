@@ -25,8 +25,8 @@ from transformers import (
 )
 
 from asymtune import atomic
-from asymtune.adapters import fused, lora
-from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
+from asymtune.adapters import fused, methods
+from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation.metrics import rouge
@@ -34,7 +34,7 @@ from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
-from asymtune.tasks.base import trainer_options
+from asymtune.tasks.base import run_callbacks, trainer_options
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,13 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"model.name {spec.name!r}: cannot load a seq2seq model: "
                              f"{str(error).strip().splitlines()[0]}") from None
-    peft_model = lora.apply(model, recipe.adapter, task_type="SEQ_2_SEQ_LM")
-    counts = lora.count_parameters(peft_model)
+    base = sum(p.numel() for p in model.parameters())
+    steps = methods.planned_steps(recipe, len(train_pairs))
+    peft_model = methods.build(model, recipe.adapter, "SEQ_2_SEQ_LM", steps)
+    counts = methods.count(peft_model, recipe.adapter, base)
     console.print(parameter_table(counts))
-    if recipe.adapter.fused and not recipe.adapter.A.trainable:
-        console.print(f"fused frozen-A path on {fused.enable(peft_model)} LoRA layers")
+    if fused.enabled_count(peft_model):
+        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
 
     def tokenize(batch):
         encoded = tokenizer(batch[source], max_length=recipe.data.max_length, truncation=True)
@@ -135,11 +137,12 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     trainer = Seq2SeqTrainer(
         model=peft_model, args=args, train_dataset=train_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        callbacks=[ProgressCallback(), StepLogCallback(run), first_step],
+        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
+        optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
     result = trainer.train()
-    lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
+    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
 
     predictions = generate(peft_model, tokenizer, eval_pairs[source], recipe)
     references = eval_pairs[target]

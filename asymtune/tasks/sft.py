@@ -11,8 +11,8 @@ import torch
 from transformers import PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from asymtune.adapters import fused, lora
-from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
+from asymtune.adapters import fused, lora, methods
+from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.formats import to_prompt_completion
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
@@ -20,7 +20,7 @@ from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
-from asymtune.tasks.base import trainer_options
+from asymtune.tasks.base import run_callbacks, trainer_options
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -69,14 +69,15 @@ def perplexity(loss: float) -> float:
 
 
 def make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks) -> SFTTrainer:
-    """TRL's SFTTrainer on our PeftModel (no peft_config), after checking truncation kept some rows."""
+    """TRL's SFTTrainer on our (Peft)Model (no peft_config), after checking truncation kept some rows."""
     trainer = SFTTrainer(
         model=peft_model,
         args=trainer_arguments(recipe, run, eval_set is not None, peft_model.dtype),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=callbacks + methods.callbacks(peft_model, recipe.adapter),
+        optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
     check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
@@ -95,24 +96,24 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     started = time.perf_counter()
     set_seed(recipe.seed)
     model, tokenizer = load_causal_lm(recipe.model, console.print)
-    peft_model = lora.apply(model, recipe.adapter, task_type="CAUSAL_LM")
-    counts = lora.count_parameters(peft_model)
-    console.print(parameter_table(counts))
-    if recipe.adapter.fused and not recipe.adapter.A.trainable:
-        console.print(f"fused frozen-A path on {fused.enable(peft_model)} LoRA layers")
+    base = sum(p.numel() for p in model.parameters())
     train_set, eval_set = build_datasets(recipe)
+    peft_model = methods.build(model, recipe.adapter, "CAUSAL_LM", methods.planned_steps(recipe, len(train_set)))
+    counts = methods.count(peft_model, recipe.adapter, base)
+    console.print(parameter_table(counts))
+    if fused.enabled_count(peft_model):
+        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
     first_step = TimeToFirstStepCallback(started, run)
-    callbacks = [ProgressCallback(), StepLogCallback(run), first_step]
-    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks)
+    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, run_callbacks(run, first_step))
     before = None
     if eval_set is not None:
         eval_started = time.perf_counter()
         before = trainer.evaluate()["eval_loss"]
         first_step.exclude(time.perf_counter() - eval_started)
     result = trainer.train()
-    lora.save_adapter(peft_model, recipe.adapter, run.adapter_dir)
+    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
 
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
     runtime = result.metrics.get("train_runtime")
@@ -134,6 +135,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
 def evaluate(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     """Re-run the task metrics of a finished run: eval loss and perplexity of its saved adapter."""
     set_seed(recipe.seed)
+    if recipe.adapter.method != "lora":
+        raise DataError(f"{run.path}: re-evaluating method {recipe.adapter.method} is not built yet")
     model, tokenizer = load_causal_lm(recipe.model, console.print)
     peft_model = lora.load_adapter(model, run.adapter_dir)
     train_set, eval_set = build_datasets(recipe)

@@ -1,0 +1,79 @@
+"""Baseline methods: each trains a step on the tiny RoBERTa and reports its parameter count."""
+
+import pytest
+from click.testing import CliRunner
+from conftest import corpus, sft_recipe, write_jsonl
+
+from asymtune.cli import main
+from asymtune.runs import expand
+
+pytestmark = pytest.mark.slow
+HEAD = 32 * 32 + 32 + 32 * 2 + 2  # RoBERTa classification head: dense + out_proj
+BASE_RANKED = {"rank": 4, "targets": ["query", "value"]}  # 4 square 32x32 layers (2 blocks x query, value)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "trainable"),
+    [
+        ({"method": "lora", **BASE_RANKED, "A": {"init": "orthogonal", "trainable": False}}, 4 * 32 * 4 + HEAD),
+        ({"method": "lora_fa", **BASE_RANKED}, 4 * 32 * 4 + HEAD),  # PEFT's LoRA-FA optimizer freezes A
+        ({"method": "adalora", **BASE_RANKED}, 4 * (4 * 32 + 32 * 4 + 4) + HEAD),  # A, B and E (r singular values)
+        ({"method": "vera", **BASE_RANKED}, 4 * (32 + 4) + HEAD),  # lambda_b (d_out) and lambda_d (r) per layer
+        ({"method": "ia3", "targets": ["query", "value"]}, 4 * 32 + HEAD),
+        ({"method": "linear_probe"}, HEAD),
+        ({"method": "full"}, None),
+    ],
+    ids=lambda value: value["method"] if isinstance(value, dict) else "",
+)
+def test_each_method_trains_and_counts_parameters(tiny_roberta_dir, write_recipe, tmp_path, adapter, trainable):
+    texts = corpus(40, 2)
+    rows = [{"sentence1": texts[2 * i], "sentence2": texts[2 * i + 1], "label": i % 2} for i in range(20)]
+    recipe = {
+        "name": "tiny-method",
+        "task": "classification",
+        "model": {"name": str(tiny_roberta_dir)},
+        "data": {
+            "train": str(write_jsonl(tmp_path / "d.jsonl", rows)),
+            "glue_task": "rte",
+            "eval_fraction": 0.2,
+            "max_length": 48,
+        },
+        "adapter": adapter,
+        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01, "logging_steps": 1},
+    }
+    result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    [run] = expand([str(tmp_path / "runs")])
+    params = run.read_json("metrics.json")["parameters"]
+    expected = params["base"] if trainable is None else trainable
+    assert params["trainable"] == expected
+    assert params["trainable_percent"] == pytest.approx(100 * expected / params["base"])
+    saved = run.model_dir if adapter["method"] in ("full", "linear_probe") else run.adapter_dir
+    assert any(saved.glob("*.safetensors"))
+
+
+def test_method_settings_are_checked(write_recipe, tmp_path):
+    base = sft_recipe(tmp_path, tmp_path / "d.jsonl")
+    cases = [
+        ({"method": "linear_probe"}, "linear_probe trains a classification head; task sft has none"),
+        ({"method": "full", "rank": 4}, "method full trains no adapter: remove adapter.rank"),
+        ({"method": "vera", "targets": ["q_proj"]}, "method vera needs adapter.rank and adapter.targets"),
+        (
+            {"method": "ia3", "targets": ["q_proj"], "A": {"init": "zero", "trainable": True}},
+            "adapter.A apply to method lora, not ia3",
+        ),
+    ]
+    for adapter, message in cases:
+        base["adapter"] = adapter
+        result = CliRunner().invoke(main, ["validate", str(write_recipe(base))])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_sft_full_fine_tuning_saves_the_model(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["adapter"] = {"method": "full"}
+    result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    [run] = expand([str(tmp_path / "runs")])
+    params = run.read_json("metrics.json")["parameters"]
+    assert params["trainable"] == params["base"] and (run.model_dir / "config.json").is_file()
