@@ -79,77 +79,44 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def save_tiny_model(folder: Path, config_class, model_class, **config) -> Path:
+    """Save the fixture tokenizer and a seeded random `model_class` built from `config` into `folder`."""
+    tokenizer = train_tokenizer()
+    tokenizer.save_pretrained(folder)
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    model_class(config_class(vocab_size=len(tokenizer), **special, **config)).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A saved 2-layer Llama (hidden 32) with the fixture tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = train_tokenizer()
-    tokenizer.save_pretrained(folder)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-llama"), LlamaConfig, LlamaForCausalLM, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
     )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_roberta_dir(tmp_path_factory) -> Path:
     """A saved 2-layer RoBERTa encoder (hidden 32) with the fixture tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-roberta")
-    tokenizer = train_tokenizer()
-    tokenizer.save_pretrained(folder)
-    config = RobertaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=300,
-        type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-roberta"), RobertaConfig, RobertaModel, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=300, type_vocab_size=1,
     )
-    torch.manual_seed(0)
-    RobertaModel(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_bart_dir(tmp_path_factory) -> Path:
-    """A saved 1+1-layer BART (d_model 32) with the fixture tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-bart")
-    tokenizer = train_tokenizer()
-    tokenizer.save_pretrained(folder)
-    config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
-        forced_eos_token_id=tokenizer.eos_token_id,
+    """A saved 1+1-layer BART (d_model 32) with the fixture tokenizer; decoding starts and ends at </s>."""
+    eos = train_tokenizer().eos_token_id
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-bart"), BartConfig, BartForConditionalGeneration, d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+        decoder_ffn_dim=64, max_position_embeddings=256, decoder_start_token_id=eos, forced_eos_token_id=eos,
     )
-    torch.manual_seed(0)
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
