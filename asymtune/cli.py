@@ -60,9 +60,10 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     from asymtune.adapters.lora import AdapterError  # torch/transformers load only when training
     from asymtune.data.sources import DataError
     from asymtune.models import ModelLoadError
-    from asymtune.tasks import classification, seq2seq, sft
+    from asymtune.tasks import classification, image, seq2seq, sft
 
-    task_runner = {"sft": sft.run, "classification": classification.run, "seq2seq": seq2seq.run}[recipe.task]
+    runners = {"sft": sft.run, "classification": classification.run, "seq2seq": seq2seq.run, "image": image.run}
+    task_runner = runners[recipe.task]
     # Problems with what the user gave us (data, model, targets): one message, exit 2.
     input_errors = (AdapterError, AssetError, DataError, ModelLoadError)
     run = runs.RunDir.create(Path(output_dir), recipe.name)

@@ -69,6 +69,8 @@ class DataSpec(_Strict):
     source_field: str | None = Field(None, description="seq2seq: input column of your own data")
     target_field: str | None = Field(None, description="seq2seq: output column of your own data")
     max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
+    train_envs: list[str] | None = Field(None, description="image: DomainBed environment(s) to train on")
+    class_map: dict[str, dict[str, str]] | None = Field(None, description="image: {env: {folder: class}}")
     split: str = "train"
     eval: str | dict[str, str] | None = Field(
         None, description="held-out file/hub id, or {name: file} for several; else eval_fraction of train"
@@ -187,7 +189,7 @@ class GenerationSpec(_Strict):
 class Recipe(_Strict):
     name: str
     description: str = ""
-    task: Literal["sft", "classification", "seq2seq"]
+    task: Literal["sft", "classification", "seq2seq", "image"]
     seed: int = 0
     model: ModelSpec
     data: DataSpec
@@ -202,6 +204,7 @@ class Recipe(_Strict):
             "sft": ("format",),
             "classification": ("glue_task", "text_fields"),
             "seq2seq": ("summarization", "source_field", "target_field"),
+            "image": ("train_envs", "class_map"),
         }
         for task, keys in keys_of.items():
             stray = [f"data.{key}" for key in keys if task != self.task and getattr(data, key)]
@@ -213,7 +216,10 @@ class Recipe(_Strict):
             raise ValueError("task classification needs data.glue_task or data.text_fields")
         if self.task == "seq2seq" and not (data.summarization or (data.source_field and data.target_field)):
             raise ValueError("task seq2seq needs data.summarization or both data.source_field and data.target_field")
-        if self.adapter.method == "linear_probe" and self.task != "classification":
+        if self.task == "image" and not (data.train_envs and data.eval_fraction > 0):
+            raise ValueError("task image needs data.train_envs and data.eval_fraction (the in-domain test share; "
+                             "DomainBed: 0.2)")
+        if self.adapter.method == "linear_probe" and self.task not in ("classification", "image"):
             raise ValueError(f"adapter.method linear_probe trains a classification head; task {self.task} has none")
         return self
 

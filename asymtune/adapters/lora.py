@@ -55,9 +55,15 @@ class ParameterCounts:
 
 
 def apply(
-    model: nn.Module, spec: AdapterSpec, task_type: str | None = None, adapter_name: str = "default"
+    model: nn.Module,
+    spec: AdapterSpec,
+    task_type: str | None = None,
+    adapter_name: str = "default",
+    modules_to_save: list[str] | None = None,
 ) -> PeftModel:
-    """Wrap `model` with LoRA per `spec`: PEFT layers, then recipe inits, then the recipe's freeze."""
+    """Wrap `model` with LoRA per `spec`: PEFT layers, then recipe inits, then the recipe's freeze.
+
+    `modules_to_save` are trained in full beside the adapter (a new classification head)."""
     config = LoraConfig(
         r=spec.rank,
         lora_alpha=spec.lora_alpha,
@@ -65,6 +71,7 @@ def apply(
         target_modules=spec.targets,
         bias="none",
         task_type=task_type,
+        modules_to_save=modules_to_save,
     )
     try:
         peft_model = get_peft_model(model, config, adapter_name=adapter_name)

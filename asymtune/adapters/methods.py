@@ -33,10 +33,13 @@ def planned_steps(recipe: Recipe, rows: int) -> int:
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def build(model: nn.Module, spec: AdapterSpec, task_type: str, total_steps: int) -> nn.Module:
-    """The model with `spec.method` applied and exactly its parameters trainable."""
+def build(
+    model: nn.Module, spec: AdapterSpec, task_type: str | None, total_steps: int, heads: list[str] | None = None
+) -> nn.Module:
+    """The model with `spec.method` applied and exactly its parameters trainable; `heads` (new output
+    layers PEFT does not know of, e.g. an image classifier) train in full beside the adapter."""
     if spec.method == "lora":
-        peft_model = lora.apply(model, spec, task_type=task_type)
+        peft_model = lora.apply(model, spec, task_type=task_type, modules_to_save=heads)
         if spec.fused and not spec.A.trainable:
             fused.enable(peft_model)
         return peft_model
@@ -50,7 +53,7 @@ def build(model: nn.Module, spec: AdapterSpec, task_type: str, total_steps: int)
         for head in heads:
             head.requires_grad_(True)
         return model
-    common = {"target_modules": spec.targets, "task_type": task_type}
+    common = {"target_modules": spec.targets, "task_type": task_type, "modules_to_save": heads}
     if spec.method == "lora_fa":
         config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.dropout, **common)
     elif spec.method == "adalora":

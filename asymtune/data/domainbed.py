@@ -1,0 +1,142 @@
+"""DomainBed-layout image data: ROOT/<environment>/<class>/<image>, one environment trained on.
+
+The training environments' images are split 80/20 per class (seeded) into train and in-domain
+test; every other environment is an out-of-domain test set. Class folder names must agree across
+environments, or `class_map` renames them per environment. Unreadable images are skipped and
+reported; a class left without images is an error.
+
+`rotated_digits` writes a synthetic domain-shift dataset from scikit-learn's `load_digits` (no
+download): environments rot0 … rot75 rotate the 8×8 digits like DomainBed's RotatedMNIST.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asymtune import atomic
+from asymtune.data.sources import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+ROTATIONS = (0, 15, 30, 45, 60, 75)
+
+
+@dataclass
+class DomainSplit:
+    """Image paths with class indices: train and in-domain test (from train_envs), OOD test per environment."""
+
+    classes: list[str]
+    train: list[tuple[Path, int]]
+    id_test: list[tuple[Path, int]]
+    ood: dict[str, list[tuple[Path, int]]]
+    skipped: list[Path] = field(default_factory=list)
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
+def scan(
+    root: Path, class_map: dict[str, dict[str, str]] | None = None
+) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
+    """{environment: {class: [image paths]}} and the unreadable images that were skipped."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected ROOT/<environment>/<class>/<image>)")
+    class_map = class_map or {}
+    environments: dict[str, dict[str, list[Path]]] = {}
+    skipped: list[Path] = []
+    for env_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        renames = class_map.get(env_dir.name, {})
+        classes: dict[str, list[Path]] = {}
+        for class_dir in sorted(p for p in env_dir.iterdir() if p.is_dir()):
+            images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            good = [p for p in images if _readable(p)]
+            skipped += [p for p in images if p not in set(good)]
+            classes.setdefault(renames.get(class_dir.name, class_dir.name), []).extend(good)
+        environments[env_dir.name] = classes
+    if not environments:
+        raise DataError(f"{root}: no environment folders")
+    names = {env: set(classes) for env, classes in environments.items()}
+    reference_env, reference = next(iter(names.items()))
+    for env, classes in names.items():
+        if classes != reference:
+            raise DataError(
+                f"{root}: class folders differ between environments {reference_env} and {env} "
+                f"(only in {reference_env}: {sorted(reference - classes)}; "
+                f"only in {env}: {sorted(classes - reference)}); rename them or give data.class_map"
+            )
+    for env, classes in environments.items():
+        empty = [name for name, paths in classes.items() if not paths]
+        if empty:
+            raise DataError(f"{root / env}: class(es) {', '.join(empty)} have no readable images")
+    return environments, skipped
+
+
+def split(
+    root: Path,
+    train_envs: list[str],
+    seed: int,
+    test_fraction: float = 0.2,
+    class_map: dict[str, dict[str, str]] | None = None,
+) -> DomainSplit:
+    """Train / in-domain test (seeded, stratified by class) / out-of-domain test per environment."""
+    environments, skipped = scan(root, class_map)
+    unknown = sorted(set(train_envs) - set(environments))
+    if unknown:
+        raise DataError(f"data.train_envs {unknown}: not environments of {root} ({', '.join(environments)})")
+    classes = sorted(next(iter(environments.values())))
+    index = {name: i for i, name in enumerate(classes)}
+    generator = random.Random(seed)
+    train, id_test = [], []
+    for env in train_envs:
+        for name in classes:
+            paths = list(environments[env][name])
+            generator.shuffle(paths)
+            cut = max(1, round(len(paths) * test_fraction)) if len(paths) > 1 else 0
+            id_test += [(p, index[name]) for p in paths[:cut]]
+            train += [(p, index[name]) for p in paths[cut:]]
+    ood = {
+        env: [(p, index[name]) for name in classes for p in environments[env][name]]
+        for env in environments
+        if env not in train_envs
+    }
+    return DomainSplit(classes=classes, train=train, id_test=id_test, ood=ood, skipped=skipped)
+
+
+def rotated_digits(
+    target: Path, size: int = 32, log: Callable[[str], None] = print, per_class: int | None = None
+) -> Path:
+    """Write scikit-learn's 1,797 digits (or `per_class` of each) as PNGs rotated by 0°…75°, one
+    environment per angle, once."""
+    if target.is_dir():
+        return target
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    log(f"writing the rotated-digits domains to {target} (once)")
+    digits = load_digits()
+    keep = [
+        i
+        for i, label in enumerate(digits.target)
+        if per_class is None or (digits.target[:i] == label).sum() < per_class
+    ]
+    with atomic.directory(target) as scratch:
+        for angle in ROTATIONS:
+            for number in keep:
+                pixels, label = digits.images[number], digits.target[number]
+                gray = Image.fromarray(np.uint8(pixels * (255 / 16))).resize((size, size), Image.BILINEAR)
+                folder = scratch / f"rot{angle}" / str(label)
+                folder.mkdir(parents=True, exist_ok=True)
+                gray.rotate(angle, resample=Image.BILINEAR).convert("RGB").save(folder / f"{number:04d}.png")
+    return target

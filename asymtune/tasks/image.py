@@ -1,0 +1,151 @@
+"""`task: image` — image classification with domain generalization (DomainBed protocol).
+
+Trains on `data.train_envs` (80% of their images), then reports accuracy on the training split,
+the in-domain test split (the other 20%) and every other environment (out of domain), the OOD
+mean, and the train−test gap per environment (the paper's Table 10). Metric keys are prefixed by
+the dataset folder's name, e.g. `vlcs_id_acc`, `vlcs_ood_acc`, `vlcs_caltech101_gap`.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from asymtune.adapters import fused, methods
+from asymtune.assets import cache_dir
+from asymtune.callbacks import TimeToFirstStepCallback
+from asymtune.data.domainbed import DomainSplit, rotated_digits, split
+from asymtune.evaluation.metrics import accuracy
+from asymtune.models import ModelLoadError, model_source, select_dtype
+from asymtune.recipe import Recipe
+from asymtune.report import console, parameter_table
+from asymtune.runs import RunDir
+from asymtune.tasks.base import run_callbacks, trainer_options
+
+BUILT_IN = {"rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print)}
+HEAD = "classifier"  # transformers' image-classification heads
+
+
+class ImageItems(torch.utils.data.Dataset):
+    """(path, label) pairs turned into the model's pixel_values by its own image processor."""
+
+    def __init__(self, items: list[tuple[Path, int]], processor) -> None:
+        self.items, self.processor = items, processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        path, label = self.items[index]
+        with Image.open(path) as image:
+            pixels = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": pixels, "labels": label}
+
+
+def dataset_root(recipe: Recipe) -> Path:
+    builder = BUILT_IN.get(recipe.data.train)
+    return builder() if builder else Path(recipe.data.train)
+
+
+def metric_prefix(root: Path) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", root.name.lower()).strip("_")
+
+
+def domain_metrics(prefix: str, train_acc: float, id_acc: float, ood: dict[str, float]) -> dict[str, float]:
+    """Table 5/8/10's numbers: train, ID and per-environment OOD accuracy, OOD mean, train−test gaps."""
+    env_key = {env: re.sub(r"[^a-z0-9]+", "_", env.lower()).strip("_") for env in ood}
+    metrics = {f"{prefix}_train_acc": train_acc, f"{prefix}_id_acc": id_acc, f"{prefix}_id_gap": train_acc - id_acc}
+    for env, acc in ood.items():
+        metrics[f"{prefix}_{env_key[env]}_acc"] = acc
+        metrics[f"{prefix}_{env_key[env]}_gap"] = train_acc - acc
+    if ood:
+        metrics[f"{prefix}_ood_acc"] = statistics.fmean(ood.values())
+    return metrics
+
+
+def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
+    """Fine-tune an image classifier on the training environment(s); evaluate in and out of domain."""
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+    root = dataset_root(recipe)
+    data: DomainSplit = split(
+        root, recipe.data.train_envs, recipe.seed, recipe.data.eval_fraction, recipe.data.class_map
+    )
+    if data.skipped:
+        console.print(
+            f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
+            + ", ".join(str(p) for p in data.skipped[:3])
+        )
+    spec = recipe.model
+    source = model_source(spec.name, console.print)
+    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, **options)
+        model = AutoModelForImageClassification.from_pretrained(
+            source,
+            num_labels=len(data.classes),
+            id2label=dict(enumerate(data.classes)),
+            label2id={name: i for i, name in enumerate(data.classes)},
+            ignore_mismatched_sizes=True,
+            dtype=select_dtype(spec.dtype),
+            **options,
+        )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"model.name {spec.name!r}: cannot load an image classifier: {str(error).strip().splitlines()[0]}"
+        ) from None
+    base = sum(p.numel() for p in model.parameters())
+    peft_model = methods.build(model, recipe.adapter, None, methods.planned_steps(recipe, len(data.train)), [HEAD])
+    counts = methods.count(peft_model, recipe.adapter, base)
+    console.print(parameter_table(counts))
+    if fused.enabled_count(peft_model):
+        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
+    console.print(
+        f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
+        + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items())
+    )
+
+    first_step = TimeToFirstStepCallback(started, run)
+    trainer = Trainer(
+        model=peft_model,
+        args=TrainingArguments(**trainer_options(recipe, run, model.dtype), remove_unused_columns=False),
+        train_dataset=ImageItems(data.train, processor),
+        compute_metrics=lambda p: {"accuracy": accuracy(np.argmax(p.predictions, axis=-1), p.label_ids)},
+        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
+        optimizers=(methods.optimizer(peft_model, recipe), None),
+    )
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
+
+    def evaluate(items: list[tuple[Path, int]], name: str) -> float:
+        return trainer.evaluate(eval_dataset=ImageItems(items, processor), metric_key_prefix=name)[f"{name}_accuracy"]
+
+    ood = {env: evaluate(items, env) for env, items in data.ood.items()}
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "time_to_first_step_s": first_step.seconds,
+        "train_rows": len(data.train),
+        "skipped_images": len(data.skipped),
+        **domain_metrics(metric_prefix(root), evaluate(data.train, "train"), evaluate(data.id_test, "id"), ood),
+    }
+    metrics["parameters"] = counts.as_dict()
+    return metrics

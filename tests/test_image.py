@@ -1,0 +1,114 @@
+"""task: image — DomainBed splits, ID/OOD/gap metrics, unreadable images, a tiny ViT end to end."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+from asymtune.cli import main
+from asymtune.data.domainbed import rotated_digits, split
+from asymtune.data.sources import DataError
+from asymtune.runs import expand
+from asymtune.tasks.image import domain_metrics
+
+ENVIRONMENTS = ("photo", "sketch", "cartoon")
+CLASSES = ("dog", "house")
+
+
+def write_domainbed(root, per_class=5, classes_of=None):
+    """ROOT/<env>/<class>/<n>.png: colour depends on the class, brightness on the environment."""
+    for e, env in enumerate(ENVIRONMENTS):
+        for c, name in enumerate((classes_of or {}).get(env, CLASSES)):
+            folder = root / env / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                colour = (200 * (c == 0) + 10 * i, 40 * e, 200 * (c == 1))
+                Image.new("RGB", (12, 12), colour).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    config = ViTConfig(
+        image_size=16,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=1000,
+    )
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(folder)
+    return folder
+
+
+def test_split_is_seeded_stratified_disjoint_and_keeps_other_environments_out(tmp_path):
+    root = write_domainbed(tmp_path / "pacs")
+    first, again = split(root, ["cartoon"], seed=3), split(root, ["cartoon"], seed=3)
+    assert first.train == again.train and first.id_test == again.id_test
+    assert not {p for p, _ in first.train} & {p for p, _ in first.id_test}
+    assert sorted(label for _, label in first.id_test) == [0, 1]  # 20% of 5 per class = 1 each
+    assert set(first.ood) == {"photo", "sketch"} and all(len(items) == 10 for items in first.ood.values())
+    assert all("cartoon" in str(p) for p, _ in first.train + first.id_test)
+    assert split(root, ["cartoon"], seed=4).id_test != first.id_test
+
+
+def test_mismatched_classes_and_unknown_environment_are_errors(tmp_path):
+    root = write_domainbed(tmp_path / "vlcs", classes_of={"sketch": ("dog", "car")})
+    with pytest.raises(DataError, match=r"class folders differ between environments cartoon and sketch"):
+        split(root, ["photo"], seed=0)
+    assert split(root, ["photo"], seed=0, class_map={"sketch": {"car": "house"}}).classes == ["dog", "house"]
+    with pytest.raises(DataError, match=r"data.train_envs \['art'\]: not environments"):
+        split(root, ["art"], seed=0, class_map={"sketch": {"car": "house"}})
+
+
+def test_unreadable_images_are_skipped_and_reported(tmp_path):
+    root = write_domainbed(tmp_path / "pacs")
+    (root / "sketch" / "dog" / "broken.png").write_bytes(b"not a png")
+    data = split(root, ["photo"], seed=0)
+    assert [p.name for p in data.skipped] == ["broken.png"] and len(data.ood["sketch"]) == 10
+
+
+def test_gap_is_train_accuracy_minus_each_test_accuracy():
+    metrics = domain_metrics("pacs", 0.9, 0.8, {"Photo": 0.7, "art painting": 0.5})
+    assert metrics["pacs_id_gap"] == pytest.approx(0.1)
+    assert metrics["pacs_photo_gap"] == pytest.approx(0.2) and metrics["pacs_art_painting_gap"] == pytest.approx(0.4)
+    assert metrics["pacs_ood_acc"] == pytest.approx(0.6)
+
+
+def test_rotated_digits_environments(tmp_path):
+    root = rotated_digits(tmp_path / "digits", size=8, log=lambda _: None, per_class=3)
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"rot{a}" for a in (0, 15, 30, 45, 60, 75))
+    assert sorted(p.name for p in (root / "rot45").iterdir()) == [str(d) for d in range(10)]
+    assert len(list((root / "rot0" / "7").glob("*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_image_training_reports_id_ood_and_gaps(tiny_vit_dir, write_recipe, tmp_path):
+    root = write_domainbed(tmp_path / "pacs")
+    recipe = {
+        "name": "tiny-vit",
+        "task": "image",
+        "model": {"name": str(tiny_vit_dir)},
+        "data": {"train": str(root), "train_envs": ["cartoon"], "eval_fraction": 0.2},
+        "adapter": {
+            "rank": 4,
+            "targets": ["q_proj", "v_proj"],
+            "A": {"init": "orthogonal", "trainable": False},
+            "B": {"init": "zero", "trainable": True},
+        },
+        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01, "logging_steps": 1},
+    }
+    result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    [run] = expand([str(tmp_path / "runs")])
+    metrics = run.read_json("metrics.json")
+    for key in ("pacs_train_acc", "pacs_id_acc", "pacs_photo_acc", "pacs_sketch_acc", "pacs_ood_acc", "pacs_photo_gap"):
+        assert 0 <= abs(metrics[key]) <= 1, key
+    assert metrics["pacs_photo_gap"] == pytest.approx(metrics["pacs_train_acc"] - metrics["pacs_photo_acc"])
+    params = metrics["parameters"]
+    assert params["trainable_A"] == 0 and params["trainable_other"] == 32 * 2 + 2  # the new 2-class head
