@@ -81,7 +81,7 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
             rows.append(Row(label=_run_label(run), status=status.get("status", "incomplete"), runs=[str(run.path)]))
             continue
         document = _recipe_document(run)
-        key = str(run.path) if per_run else _group_key(document, status, group_by)
+        key = str(run.path) if per_run else _group_key(run, document, status, group_by)
         groups.setdefault(key, []).append((run, document))
     return [_group_row(members) for members in groups.values()] + rows
 
@@ -237,9 +237,16 @@ def _recipe_document(run: RunDir) -> dict[str, Any] | None:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
 
-def _group_key(document: dict[str, Any] | None, status: dict[str, Any], group_by: list[str] | None) -> str:
-    if document is None:  # a base-model evaluation
-        return f"base-model:{status.get('base_model')}"
+def _eval_options(run: RunDir) -> dict[str, Any]:
+    record = run.read_json("eval/mmlu.json") or {}
+    return record.get("options", {})
+
+
+def _group_key(
+    run: RunDir, document: dict[str, Any] | None, status: dict[str, Any], group_by: list[str] | None
+) -> str:
+    if document is None:  # a base-model evaluation: only the same model under the same eval options pools
+        return f"base-model:{status.get('base_model')}:{json.dumps(_eval_options(run), sort_keys=True)}"
     if group_by:
         return json.dumps([_get(document, key) for key in group_by])
     stripped = json.loads(json.dumps(document))

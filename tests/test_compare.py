@@ -114,3 +114,17 @@ def test_paper_option_adds_rows_beside_runs(runs_root):
 def test_not_a_run_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_base_model_evaluations_pool_only_under_the_same_options(tmp_path):
+    from asymtune import atomic
+
+    for limit, average in ((10, 0.2), (10, 0.4), (25, 0.3)):
+        run = RunDir.create(tmp_path, "base-m")
+        run.set_status("completed", base_model="m")
+        atomic.write_json(
+            run.path / "eval" / "mmlu.json", {"summary": {"average": {"acc": average}}, "options": {"limit": limit}}
+        )
+    rows = sorted(compare.collect(expand([str(tmp_path)]), group_by=None), key=lambda row: len(row.runs))
+    assert [(len(r.runs), r.method) for r in rows] == [(1, "base model"), (2, "base model")]
+    assert rows[1].metrics["mmlu_average"] == pytest.approx(0.3)

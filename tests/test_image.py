@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from asymtune.cli import main
-from asymtune.data.domainbed import rotated_digits, split
+from asymtune.data.domainbed import coloured_digits, rotated_digits, split
 from asymtune.data.sources import DataError
 from asymtune.runs import expand
 from asymtune.tasks.image import domain_metrics
@@ -112,3 +112,16 @@ def test_image_training_reports_id_ood_and_gaps(tiny_vit_dir, write_recipe, tmp_
     assert metrics["pacs_photo_gap"] == pytest.approx(metrics["pacs_train_acc"] - metrics["pacs_photo_acc"])
     params = metrics["parameters"]
     assert params["trainable_A"] == 0 and params["trainable_other"] == 32 * 2 + 2  # the new 2-class head
+
+
+def test_coloured_digits_environments_differ_only_in_colour(tmp_path):
+    root = coloured_digits(tmp_path / "digits", size=8, log=lambda _: None, per_class=2)
+    assert sorted(p.name for p in root.iterdir()) == sorted(["white", "red", "green", "blue", "yellow", "magenta"])
+    red = Image.open(next((root / "red" / "3").glob("*.png"))).convert("RGB")
+    green = Image.open(next((root / "green" / "3").glob("*.png"))).convert("RGB")
+    brightest = max(range(64), key=lambda i: sum(red.getpixel((i % 8, i // 8))))
+    r, g, _ = red.getpixel((brightest % 8, brightest // 8))
+    assert (
+        r > g
+        and green.getpixel((brightest % 8, brightest // 8))[1] > green.getpixel((brightest % 8, brightest // 8))[0]
+    )

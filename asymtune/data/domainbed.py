@@ -5,8 +5,9 @@ test; every other environment is an out-of-domain test set. Class folder names m
 environments, or `class_map` renames them per environment. Unreadable images are skipped and
 reported; a class left without images is an error.
 
-`rotated_digits` writes a synthetic domain-shift dataset from scikit-learn's `load_digits` (no
-download): environments rot0 … rot75 rotate the 8×8 digits like DomainBed's RotatedMNIST.
+`rotated_digits` and `coloured_digits` write synthetic domain-shift datasets from scikit-learn's
+`load_digits` (no download): environments rot0 … rot75 rotate the 8×8 digits like DomainBed's
+RotatedMNIST; environments white, red, … tint them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from asymtune.data.sources import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 ROTATIONS = (0, 15, 30, 45, 60, 75)
+COLOURS = {
+    "white": (255, 255, 255),
+    "red": (255, 64, 64),
+    "green": (64, 255, 64),
+    "blue": (64, 96, 255),
+    "yellow": (255, 230, 64),
+    "magenta": (255, 64, 255),
+}
 
 
 @dataclass
@@ -114,29 +123,52 @@ def split(
     return DomainSplit(classes=classes, train=train, id_test=id_test, ood=ood, skipped=skipped)
 
 
-def rotated_digits(
-    target: Path, size: int = 32, log: Callable[[str], None] = print, per_class: int | None = None
-) -> Path:
-    """Write scikit-learn's 1,797 digits (or `per_class` of each) as PNGs rotated by 0°…75°, one
-    environment per angle, once."""
+def _write_digits(target: Path, size: int, per_class: int | None, environments: dict, log) -> Path:
+    """Write scikit-learn's digits once per environment, each transformed by `environments[name]`."""
     if target.is_dir():
         return target
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    log(f"writing the rotated-digits domains to {target} (once)")
+    log(f"writing the digit domains to {target} (once)")
     digits = load_digits()
-    keep = [
-        i
-        for i, label in enumerate(digits.target)
-        if per_class is None or (digits.target[:i] == label).sum() < per_class
-    ]
+    seen = dict.fromkeys(range(10), 0)
+    keep = []
+    for number, label in enumerate(digits.target):
+        if per_class is None or seen[label] < per_class:
+            seen[label] += 1
+            keep.append(number)
     with atomic.directory(target) as scratch:
-        for angle in ROTATIONS:
+        for env, transform in environments.items():
             for number in keep:
-                pixels, label = digits.images[number], digits.target[number]
-                gray = Image.fromarray(np.uint8(pixels * (255 / 16))).resize((size, size), Image.BILINEAR)
-                folder = scratch / f"rot{angle}" / str(label)
+                gray = Image.fromarray(np.uint8(digits.images[number] * (255 / 16))).resize(
+                    (size, size), Image.BILINEAR
+                )
+                folder = scratch / env / str(digits.target[number])
                 folder.mkdir(parents=True, exist_ok=True)
-                gray.rotate(angle, resample=Image.BILINEAR).convert("RGB").save(folder / f"{number:04d}.png")
+                transform(gray).save(folder / f"{number:04d}.png")
     return target
+
+
+def rotated_digits(
+    target: Path, size: int = 32, log: Callable[[str], None] = print, per_class: int | None = None
+) -> Path:
+    """The digits (or `per_class` of each) rotated by 0°…75°, one environment per angle."""
+    environments = {
+        f"rot{angle}": (lambda image, angle=angle: image.rotate(angle, resample=2).convert("RGB"))
+        for angle in ROTATIONS
+    }
+    return _write_digits(target, size, per_class, environments, log)
+
+
+def coloured_digits(
+    target: Path, size: int = 32, log: Callable[[str], None] = print, per_class: int | None = None
+) -> Path:
+    """The digits (or `per_class` of each) drawn in one colour per environment on black."""
+    from PIL import ImageOps
+
+    environments = {
+        name: (lambda image, rgb=rgb: ImageOps.colorize(image, black=(0, 0, 0), white=rgb))
+        for name, rgb in COLOURS.items()
+    }
+    return _write_digits(target, size, per_class, environments, log)

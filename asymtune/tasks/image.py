@@ -28,7 +28,7 @@ from transformers import (
 from asymtune.adapters import fused, methods
 from asymtune.assets import cache_dir
 from asymtune.callbacks import TimeToFirstStepCallback
-from asymtune.data.domainbed import DomainSplit, rotated_digits, split
+from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
 from asymtune.evaluation.metrics import accuracy
 from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
@@ -36,7 +36,10 @@ from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
 from asymtune.tasks.base import run_callbacks, trainer_options
 
-BUILT_IN = {"rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print)}
+BUILT_IN = {
+    "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
+    "coloured-digits": lambda: coloured_digits(cache_dir() / "datasets" / "coloured-digits", log=console.print),
+}
 HEAD = "classifier"  # transformers' image-classification heads
 
 
