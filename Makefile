@@ -11,7 +11,7 @@ QUICKSTART_RUNS ?= runs/quickstart
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision]"
 	touch $@
 
 install: $(BIN)/asymtune
