@@ -498,5 +498,37 @@ def export(source: str, compact_dir: str | None, peft_dir: str | None, merged_di
     console.print(f"wrote {target} ({forms.folder_size(target) / 2**20:.2f} MiB)", highlight=False)
 
 
+@main.command(name="runs")
+@click.argument("root", default="runs", type=click.Path(file_okay=False))
+def list_runs(root: str) -> None:
+    """List the runs under ROOT: status, recipe, task, method, age and main result, newest first."""
+    import time as clock
+
+    from asymtune.compare import method_name
+    from asymtune.evaluation.run_eval import read_evaluations
+
+    try:
+        found = runs.expand([root])
+    except runs.RunDirError as error:
+        fail(str(error))
+    table = Table(title=f"Runs under {root}")
+    for column in ("run", "status", "task", "method", "age", "result"):
+        table.add_column(column, justify="right" if column == "age" else "left")
+    for run in sorted(found, key=lambda r: r.path.name, reverse=True):
+        status = run.read_json("status.json") or {}
+        try:
+            recipe = recipes.load(run.path / "recipe.yaml")
+            task, method = recipe.task, method_name(recipe.adapter)
+        except recipes.RecipeError:
+            task, method = "-", "base model" if "base_model" in status else "-"
+        metrics = {**(run.read_json("metrics.json") or {}), **read_evaluations(run)}
+        best = runs.headline_metric(metrics)
+        hours = (clock.time() - (run.path / "status.json").stat().st_mtime) / 3600
+        age = f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} d"
+        table.add_row(f"{run.path.parent.name}/{run.path.name}", status.get("status", "unknown"), task, method, age,
+                      f"{best[0]} = {best[1]:.4f}" if best else status.get("error", "")[:60])
+    results.print(table)
+
+
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -118,6 +119,21 @@ def environment(seed: int, argv: list[str]) -> dict[str, Any]:
         "pid": os.getpid(),
         "started_unix": time.time(),
     }
+
+
+HEADLINE = (  # the first metric a run has of these is the one `asymtune runs` shows
+    re.compile(r"^glue_"), re.compile(r"_ood_acc$"), re.compile(r"_rouge1$"), re.compile(r"^mmlu_average$"),
+    re.compile(r"^eval_validation_accuracy$"), re.compile(r"^eval_loss$"),
+)
+
+
+def headline_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    """The run's main result: GLUE score, OOD accuracy, ROUGE-1, MMLU average, accuracy or eval loss."""
+    for pattern in HEADLINE:
+        for key, value in metrics.items():
+            if pattern.search(key) and isinstance(value, (int, float)):
+                return key, float(value)
+    return None
 
 
 def expand(patterns: list[str]) -> list[RunDir]:

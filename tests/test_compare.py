@@ -128,3 +128,14 @@ def test_base_model_evaluations_pool_only_under_the_same_options(tmp_path):
     rows = sorted(compare.collect(expand([str(tmp_path)]), group_by=None), key=lambda row: len(row.runs))
     assert [(len(r.runs), r.method) for r in rows] == [(1, "base model"), (2, "base model")]
     assert rows[1].metrics["mmlu_average"] == pytest.approx(0.3)
+
+
+def test_runs_lists_status_method_and_main_result(runs_root):
+    result = CliRunner().invoke(main, ["runs", str(runs_root)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "│" in line and "/" in line]
+    assert len(rows) == 5
+    assert sum("B-only" in row and "eval_loss = 1." in row for row in rows) == 3
+    assert any("failed" in row and "LoRA" in row for row in rows)
+    missing = CliRunner().invoke(main, ["runs", str(runs_root / "nowhere")])
+    assert missing.exit_code == 2 and "not a run directory" in missing.output
