@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -80,3 +81,22 @@ class TimeToFirstStepCallback(TrainerCallback):
             self.seconds = time.perf_counter() - self.started
             console.print(f"time to first step: {self.seconds:.1f}s (model load, data prep, first step)")
             self.run.append_log({"event": "first_step", "time_to_first_step_s": self.seconds, "time": time.time()})
+
+
+class NonFiniteLoss(Exception):
+    """Training diverged: the logged loss is NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"training loss became {loss} at step {step}; try a lower train.learning_rate or train.max_grad_norm, "
+            "or model.dtype float32"
+        )
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop at the first logged NaN/inf loss instead of training on garbage."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLoss(state.global_step, loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import sys
 import traceback
 import warnings
@@ -58,6 +59,7 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     """Train the adapter a recipe describes into a new run directory."""
     recipe = load_recipe(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
     from asymtune.adapters.lora import AdapterError  # torch/transformers load only when training
+    from asymtune.callbacks import NonFiniteLoss
     from asymtune.data.sources import DataError
     from asymtune.models import ModelLoadError
     from asymtune.tasks import classification, image, seq2seq, sft
@@ -71,11 +73,15 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     run.write_env(recipe, sys.argv)
     run.set_status("running")
     console.print(f"run directory: [bold]{run.path}[/bold]")
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         metrics = task_runner(recipe, run)
     except input_errors as error:
         run.set_status("failed", error=str(error))
         fail(str(error))
+    except NonFiniteLoss as error:
+        run.set_status("failed", error=str(error))
+        fail(f"{error} (run: {run.path})", code=1)
     except KeyboardInterrupt:
         run.set_status("interrupted")
         fail(f"interrupted; partial run kept in {run.path}", code=130)
@@ -87,7 +93,13 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     run.write_metrics(metrics)
     run.set_status("completed")
     console.print(summary_table(f"{recipe.name} — done", metrics))
-    console.print(f"adapter saved to [bold]{run.adapter_dir}[/bold]")
+    saved = run.adapter_dir if run.adapter_dir.is_dir() else run.model_dir
+    console.print(f"saved to [bold]{saved}[/bold]")
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM ends a training run the way Ctrl-C does: status interrupted, exit 130."""
+    raise KeyboardInterrupt
 
 
 @main.command(name="eval")

@@ -59,12 +59,20 @@ def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, wri
 
 def test_train_lora_with_messages_data(tiny_llama_dir, write_recipe, tmp_path):
     chats = [
-        {"messages": [{"role": "user", "content": f"what is permit {i}"},
-                      {"role": "assistant", "content": f"a building permit for wall {i}"}]}
+        {
+            "messages": [
+                {"role": "user", "content": f"what is permit {i}"},
+                {"role": "assistant", "content": f"a building permit for wall {i}"},
+            ]
+        }
         for i in range(20)
     ]
-    recipe = sft_recipe(tiny_llama_dir, write_jsonl(tmp_path / "chat.jsonl", chats),
-                        A={"init": "kaiming_uniform", "trainable": True}, B={"init": "zero", "trainable": True})
+    recipe = sft_recipe(
+        tiny_llama_dir,
+        write_jsonl(tmp_path / "chat.jsonl", chats),
+        A={"init": "kaiming_uniform", "trainable": True},
+        B={"init": "zero", "trainable": True},
+    )
     recipe["data"]["format"] = "messages"
     result = train(write_recipe(recipe), tmp_path / "runs", "--set", "train.max_steps=2")
     assert result.exit_code == 0, result.output
@@ -111,3 +119,50 @@ def test_eval_without_flags_reproduces_the_runs_eval_loss(tiny_llama_dir, alpaca
     assert result.exit_code == 0, result.output
     again = run.read_json("eval/task.json")
     assert again["eval_loss"] == pytest.approx(run.read_json("metrics.json")["eval_loss"], rel=1e-5)
+
+
+def test_diverging_loss_stops_the_run_with_a_hint(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    broken = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        broken.model.norm.weight[0] = float("nan")  # a model whose loss is NaN from the first step
+    broken.save_pretrained(tmp_path / "broken")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "broken" / name).write_bytes((tiny_llama_dir / name).read_bytes())
+    recipe = sft_recipe(tmp_path / "broken", alpaca_file)
+    result = train(write_recipe(recipe), tmp_path / "runs")
+    assert result.exit_code == 1
+    assert "training loss became" in result.output and "lower train.learning_rate" in result.output
+    [run] = expand([str(tmp_path / "runs")])
+    assert run.status == "failed" and "at step" in run.read_json("status.json")["error"]
+
+
+def test_sigterm_marks_the_run_interrupted(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["train"].update(max_steps=100000)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asymtune.cli",
+            "train",
+            str(write_recipe(recipe)),
+            "--output-dir",
+            str(tmp_path / "runs"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs").glob("*/*/logs/train.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)  # wait until training has logged a step
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    [run] = expand([str(tmp_path / "runs")])
+    assert run.status == "interrupted" and "interrupted; partial run kept" in stderr

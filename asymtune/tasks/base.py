@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from asymtune.callbacks import ProgressCallback, StepLogCallback, TimeToFirstStepCallback
+from asymtune.callbacks import ProgressCallback, StepLogCallback, StopOnNonFiniteLoss, TimeToFirstStepCallback
 from asymtune.recipe import Recipe
 from asymtune.runs import RunDir
 
@@ -28,6 +28,7 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
         "max_grad_norm": train.max_grad_norm,
         "lr_scheduler_type": train.lr_scheduler,
         "logging_steps": train.logging_steps,
+        "logging_nan_inf_filter": False,  # let a NaN loss reach the log, where StopOnNonFiniteLoss stops the run
         "eval_strategy": "no",
         "save_strategy": "no",
         "report_to": [],
@@ -40,5 +41,5 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
 
 
 def run_callbacks(run: RunDir, first_step: TimeToFirstStepCallback) -> list:
-    """The progress bar, the per-step JSONL log and the time-to-first-step probe."""
-    return [ProgressCallback(), StepLogCallback(run), first_step]
+    """The progress bar, the per-step JSONL log, the time-to-first-step probe and the divergence stop."""
+    return [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss()]
