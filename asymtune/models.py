@@ -89,11 +89,11 @@ def adapted_dimensions(
     ]
 
 
-def lm_eval_model_args(spec: ModelSpec, log: Callable[[str], None] = print) -> dict[str, str]:
+def lm_eval_model_args(spec: ModelSpec, log: Callable[[str], None] = print) -> dict[str, str | bool]:
     """`pretrained` (and `gguf_file`) arguments for lm-eval's `hf` model for the same model as `spec`."""
     if spec.gguf_file is not None:
         return {"pretrained": str(Path(spec.gguf_file).parent), "gguf_file": Path(spec.gguf_file).name}
-    args = {"pretrained": model_source(spec.name, log), "trust_remote_code": str(spec.trust_remote_code)}
+    args = {"pretrained": model_source(spec.name, log), "trust_remote_code": spec.trust_remote_code}
     if spec.revision:
         args["revision"] = spec.revision
     return args

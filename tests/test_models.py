@@ -52,3 +52,10 @@ def test_local_folder_loads_in_requested_dtype(tiny_llama_dir):
 def test_auto_dtype_is_float32_without_a_gpu():
     assert select_dtype("auto") == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     assert select_dtype("float16") == torch.float16
+
+
+def test_lm_eval_arguments_never_trust_remote_code_by_default(tiny_llama_dir):
+    from asymtune.models import lm_eval_model_args
+
+    args = lm_eval_model_args(ModelSpec(name=str(tiny_llama_dir)))
+    assert args == {"pretrained": str(tiny_llama_dir), "trust_remote_code": False}  # a bool: "False" would be truthy
