@@ -81,6 +81,9 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
             rows.append(Row(label=_run_label(run), status=status.get("status", "incomplete"), runs=[str(run.path)]))
             continue
         document = _recipe_document(run)
+        if document is not None and not _valid_adapter(document):
+            rows.append(Row(label=_run_label(run), status="completed (recipe.yaml unreadable)", runs=[str(run.path)]))
+            continue
         key = str(run.path) if per_run else _group_key(run, document, status, group_by)
         groups.setdefault(key, []).append((run, document))
     return [_group_row(members) for members in groups.values()] + rows
@@ -232,9 +235,23 @@ def _run_label(run: RunDir) -> str:
     return f"{run.path.parent.name}/{run.path.name}"
 
 
+def _valid_adapter(document: dict[str, Any]) -> bool:
+    try:
+        recipes.AdapterSpec.model_validate(document.get("adapter"))
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return False
+    return isinstance(document.get("name"), str)
+
+
 def _recipe_document(run: RunDir) -> dict[str, Any] | None:
     path = run.path / "recipe.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None  # a base-model evaluation has no recipe
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return document if isinstance(document, dict) else {}
 
 
 def _eval_options(run: RunDir) -> dict[str, Any]:

@@ -139,3 +139,11 @@ def test_runs_lists_status_method_and_main_result(runs_root):
     assert any("failed" in row and "LoRA" in row for row in rows)
     missing = CliRunner().invoke(main, ["runs", str(runs_root / "nowhere")])
     assert missing.exit_code == 2 and "not a run directory" in missing.output
+
+
+def test_a_run_with_an_unreadable_recipe_is_listed_not_fatal(runs_root):
+    broken = next(run for run in expand([str(runs_root)]) if run.status == "completed")
+    for text in ("adapter: {rank: -3}\n", "name: [unclosed\n"):
+        (broken.path / "recipe.yaml").write_text(text)
+        rows = compare.collect(expand([str(runs_root)]), group_by=None)
+        assert any(row.status == "completed (recipe.yaml unreadable)" for row in rows)
