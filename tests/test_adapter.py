@@ -155,3 +155,30 @@ def test_every_paper_variant_is_expressible(tiny_llama_dir, label):
         a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
         assert (a.requires_grad, b.requires_grad) == (a_trained, b_trained)
         assert bool(a.any()) == (a_init != "zero") and bool(b.any()) == (b_init != "zero")
+
+
+class TinyConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=3)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, images):
+        return self.head(self.conv(images).mean(dim=(2, 3)))
+
+
+def test_b_only_on_a_convolution_freezes_an_orthogonal_a_and_trains_b():
+    torch.manual_seed(0)
+    model = apply(TinyConvNet(), AdapterSpec(rank=4, targets=["conv"], **B_ONLY))
+    [(_, layer)] = lora_layers(model)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert a.shape == (4, 3, 3, 3) and b.shape == (8, 4, 1, 1) and not a.requires_grad
+    flat = a.reshape(4, -1)
+    torch.testing.assert_close(flat @ flat.T, torch.eye(4), atol=1e-6, rtol=0)
+    before = a.clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    assert torch.equal(layer.lora_A["default"].weight, before) and b.abs().sum() > 0
+    counts = count_parameters(model)
+    assert (counts.trainable_B, counts.frozen_A) == (8 * 4, 4 * 27)

@@ -57,3 +57,15 @@ def test_svd_factors_span_top_singular_subspaces():
 
 def test_zero_init_is_zero():
     assert not make_factor("zero", "B", (5, 2), 2, 0, "m", torch.zeros(1)).any()
+
+
+def test_convolution_factors_are_drawn_flat_and_reshaped():
+    torch.manual_seed(0)
+    kernel = torch.randn(8, 3, 3, 3, dtype=torch.float64)
+    a = make_factor("orthogonal", "A", (4, 3, 3, 3), 4, 0, "conv", kernel)
+    b = make_factor("orthogonal", "B", (8, 4, 1, 1), 4, 0, "conv", kernel)
+    torch.testing.assert_close(a.reshape(4, -1) @ a.reshape(4, -1).T, torch.eye(4, dtype=torch.float64))
+    torch.testing.assert_close(b.reshape(8, 4).T @ b.reshape(8, 4), torch.eye(4, dtype=torch.float64))
+    svd_a = make_factor("svd", "A", (4, 3, 3, 3), 4, 0, "conv", kernel)
+    sigma = torch.linalg.svdvals(kernel.reshape(8, -1))
+    torch.testing.assert_close((kernel.reshape(8, -1) @ svd_a.reshape(4, -1).T).norm() ** 2, (sigma[:4] ** 2).sum())

@@ -59,23 +59,32 @@ def svd_factor(base_weight: torch.Tensor, rank: int, factor: Factor) -> torch.Te
 def make_factor(
     init: str,
     factor: Factor,
-    shape: tuple[int, int],
+    shape: tuple[int, ...],
     rank: int,
     seed: int,
     module_name: str,
-    base_weight: torch.Tensor,
+    base_weight: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Build one factor (float64, CPU) of `shape` from its recipe init name."""
-    rows, cols = shape
+    """Build one factor (float64, CPU) of `shape` from its recipe init name.
+
+    Convolution factors (A: r × c_in × k × k, B: c_out × r × 1 × 1) are drawn as the matrices
+    (shape[0], the product of the rest) — rows of A and columns of B orthonormal — and reshaped.
+    """
+    rows, cols = shape[0], math.prod(shape[1:])
     if init == "zero":
-        return torch.zeros(rows, cols, dtype=torch.float64)
-    if init == "svd":
-        return svd_factor(base_weight, rank, factor)
-    generator = factor_generator(seed, module_name, factor)
-    if init == "orthogonal":
-        return orthogonal(rows, cols, generator)
-    if init == "kaiming_uniform":
-        return kaiming_uniform(rows, cols, generator)
-    if init == "gaussian":
-        return gaussian(rows, cols, rank, generator)
-    raise ValueError(f"unknown factor init {init!r}")
+        matrix = torch.zeros(rows, cols, dtype=torch.float64)
+    elif init == "svd":
+        if base_weight is None:
+            raise ValueError("svd init needs the base layer's weight")
+        matrix = svd_factor(base_weight.reshape(base_weight.shape[0], -1), rank, factor)
+    else:
+        generator = factor_generator(seed, module_name, factor)
+        if init == "orthogonal":
+            matrix = orthogonal(rows, cols, generator)
+        elif init == "kaiming_uniform":
+            matrix = kaiming_uniform(rows, cols, generator)
+        elif init == "gaussian":
+            matrix = gaussian(rows, cols, rank, generator)
+        else:
+            raise ValueError(f"unknown factor init {init!r}")
+    return matrix.reshape(shape)
