@@ -1,13 +1,17 @@
-"""What every task family's trainer shares: TrainingArguments from the recipe, and the run's callbacks."""
+"""What every task family shares: the adapted model, TrainingArguments from the recipe, the run's callbacks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 
+from asymtune.adapters import fused, methods
+from asymtune.adapters.lora import ParameterCounts
 from asymtune.callbacks import ProgressCallback, StepLogCallback, StopOnNonFiniteLoss, TimeToFirstStepCallback
 from asymtune.recipe import Recipe
+from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
 
 
@@ -43,3 +47,28 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
 def run_callbacks(run: RunDir, first_step: TimeToFirstStepCallback) -> list:
     """The progress bar, the per-step JSONL log, the time-to-first-step probe and the divergence stop."""
     return [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss()]
+
+
+def prepare_model(
+    model: nn.Module, recipe: Recipe, task_type: str | None, train_rows: int, heads: list[str] | None = None
+) -> tuple[nn.Module, ParameterCounts]:
+    """Apply `recipe.adapter` to `model`, print its parameter table (and the fused layers), return both."""
+    base = sum(p.numel() for p in model.parameters())
+    adapted = methods.build(model, recipe.adapter, task_type, methods.planned_steps(recipe, train_rows), heads)
+    counts = methods.count(adapted, recipe.adapter, base)
+    console.print(parameter_table(counts))
+    layers = fused.enabled_count(adapted)
+    if layers:
+        console.print(f"fused frozen-A path on {layers} LoRA layers")
+    return adapted, counts
+
+
+def training_metrics(result, first_step: TimeToFirstStepCallback, train_rows: int) -> dict[str, Any]:
+    """What every task reports about the training itself (its own metrics come after)."""
+    return {
+        "train_loss": result.training_loss,
+        "train_steps": result.global_step,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "time_to_first_step_s": first_step.seconds,
+        "train_rows": train_rows,
+    }

@@ -22,7 +22,7 @@ from transformers import (
     set_seed,
 )
 
-from asymtune.adapters import fused, methods
+from asymtune.adapters import methods
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
 from asymtune.data.sources import DataError, load_table
@@ -30,9 +30,9 @@ from asymtune.data.splits import train_eval_split
 from asymtune.evaluation import metrics as m
 from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
-from asymtune.report import console, parameter_table
+from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import run_callbacks, trainer_options
+from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
 
 CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
@@ -153,13 +153,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     set_seed(recipe.seed)
     data = LabelledData(recipe)
     model, tokenizer = load_classifier(recipe, data)
-    base = sum(p.numel() for p in model.parameters())
-    steps = methods.planned_steps(recipe, len(data.train))
-    peft_model = methods.build(model, recipe.adapter, "SEQ_CLS", steps)
-    counts = methods.count(peft_model, recipe.adapter, base)
-    console.print(parameter_table(counts))
-    if fused.enabled_count(peft_model):
-        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
+    peft_model, counts = prepare_model(model, recipe, "SEQ_CLS", len(data.train))
     max_length = recipe.data.max_length
 
     def tokenize(batch):
@@ -184,9 +178,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
 
     metrics: dict[str, Any] = {
-        "train_loss": result.training_loss, "train_steps": result.global_step,
-        "train_runtime_s": result.metrics.get("train_runtime"), "time_to_first_step_s": first_step.seconds,
-        "train_rows": len(train_set),
+        **training_metrics(result, first_step, len(train_set)),
     }
     headline_hits = headline_total = 0.0
     for name, table in eval_sets.items():

@@ -25,16 +25,16 @@ from transformers import (
     set_seed,
 )
 
-from asymtune.adapters import fused, methods
+from asymtune.adapters import methods
 from asymtune.assets import cache_dir
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
 from asymtune.evaluation.metrics import accuracy
 from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
-from asymtune.report import console, parameter_table
+from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import run_callbacks, trainer_options
+from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
 
 BUILT_IN = {
     "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
@@ -113,12 +113,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         raise ModelLoadError(
             f"model.name {spec.name!r}: cannot load an image classifier: {str(error).strip().splitlines()[0]}"
         ) from None
-    base = sum(p.numel() for p in model.parameters())
-    peft_model = methods.build(model, recipe.adapter, None, methods.planned_steps(recipe, len(data.train)), [HEAD])
-    counts = methods.count(peft_model, recipe.adapter, base)
-    console.print(parameter_table(counts))
-    if fused.enabled_count(peft_model):
-        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
+    peft_model, counts = prepare_model(model, recipe, None, len(data.train), [HEAD])
     console.print(
         f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
         + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items())
@@ -142,11 +137,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
 
     ood = {env: evaluate(items, env) for env, items in data.ood.items()}
     metrics: dict[str, Any] = {
-        "train_loss": result.training_loss,
-        "train_steps": result.global_step,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "time_to_first_step_s": first_step.seconds,
-        "train_rows": len(data.train),
+        **training_metrics(result, first_step, len(data.train)),
         "skipped_images": len(data.skipped),
         **domain_metrics(metric_prefix(root), evaluate(data.train, "train"), evaluate(data.id_test, "id"), ood),
     }

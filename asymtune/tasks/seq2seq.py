@@ -25,16 +25,16 @@ from transformers import (
 )
 
 from asymtune import atomic
-from asymtune.adapters import fused, methods
+from asymtune.adapters import methods
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation.metrics import rouge
 from asymtune.models import ModelLoadError, model_source, select_dtype
 from asymtune.recipe import Recipe
-from asymtune.report import console, parameter_table
+from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import run_callbacks, trainer_options
+from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"model.name {spec.name!r}: cannot load a seq2seq model: "
                              f"{str(error).strip().splitlines()[0]}") from None
-    base = sum(p.numel() for p in model.parameters())
-    steps = methods.planned_steps(recipe, len(train_pairs))
-    peft_model = methods.build(model, recipe.adapter, "SEQ_2_SEQ_LM", steps)
-    counts = methods.count(peft_model, recipe.adapter, base)
-    console.print(parameter_table(counts))
-    if fused.enabled_count(peft_model):
-        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
+    peft_model, counts = prepare_model(model, recipe, "SEQ_2_SEQ_LM", len(train_pairs))
 
     def tokenize(batch):
         encoded = tokenizer(batch[source], max_length=recipe.data.max_length, truncation=True)
@@ -151,9 +145,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     atomic.write_text(run.path / "eval" / "predictions.jsonl", "\n".join(lines) + "\n")
     scores = rouge(predictions, references)
     metrics: dict[str, Any] = {
-        "train_loss": result.training_loss, "train_steps": result.global_step,
-        "train_runtime_s": result.metrics.get("train_runtime"), "time_to_first_step_s": first_step.seconds,
-        "train_rows": len(train_set), "eval_rows": len(eval_pairs),
+        **training_metrics(result, first_step, len(train_set)),
+        "eval_rows": len(eval_pairs),
         **{f"{prefix}_{name}": value for name, value in scores.items()},
     }
     metrics["parameters"] = counts.as_dict()

@@ -11,16 +11,16 @@ import torch
 from transformers import PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from asymtune.adapters import fused, lora, methods
+from asymtune.adapters import lora, methods
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.formats import to_prompt_completion
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
-from asymtune.report import console, parameter_table
+from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import run_callbacks, trainer_options
+from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -96,13 +96,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     started = time.perf_counter()
     set_seed(recipe.seed)
     model, tokenizer = load_causal_lm(recipe.model, console.print)
-    base = sum(p.numel() for p in model.parameters())
     train_set, eval_set = build_datasets(recipe)
-    peft_model = methods.build(model, recipe.adapter, "CAUSAL_LM", methods.planned_steps(recipe, len(train_set)))
-    counts = methods.count(peft_model, recipe.adapter, base)
-    console.print(parameter_table(counts))
-    if fused.enabled_count(peft_model):
-        console.print(f"fused frozen-A path on {fused.enabled_count(peft_model)} LoRA layers")
+    peft_model, counts = prepare_model(model, recipe, "CAUSAL_LM", len(train_set))
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
     first_step = TimeToFirstStepCallback(started, run)
@@ -118,13 +113,9 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
     runtime = result.metrics.get("train_runtime")
     metrics: dict[str, Any] = {
-        "train_loss": result.training_loss,
-        "train_steps": result.global_step,
-        "train_runtime_s": runtime,
+        **training_metrics(result, first_step, len(train_set)),
         "train_tokens": tokens,
         "train_tokens_per_s": tokens / runtime if tokens and runtime else None,
-        "time_to_first_step_s": first_step.seconds,
-        "train_rows": len(train_set),
     }
     if eval_set is not None:
         metrics.update(eval_loss_before=before, **eval_metrics(trainer, eval_set))
