@@ -49,7 +49,7 @@ def load_causal_lm(
         if not gguf_file.is_file():
             raise ModelLoadError(f"model.gguf_file: {gguf_file} does not exist")
         model, tokenizer = load_gguf(gguf_file)
-        return model.to(dtype), _with_pad_token(tokenizer)
+        return model.to(dtype), with_pad_token(tokenizer)
     source = model_source(spec.name, log)
     kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     try:
@@ -60,7 +60,25 @@ def load_causal_lm(
             f"model.name {spec.name!r} is not a local folder or a known asset "
             f"({', '.join(assets.ASSETS)}), and loading it from the hub failed: {_first_line(error)}"
         ) from None
-    return model, _with_pad_token(tokenizer)
+    return model, with_pad_token(tokenizer)
+
+
+def load_pretrained(
+    spec: ModelSpec, what: str, model_class, processor_class, log: Callable[[str], None] = print, **model_kwargs
+):
+    """(model, tokenizer or image processor) of a non-GGUF model, in `select_dtype(spec.dtype)`.
+
+    `what` names the model kind in errors, e.g. "a sequence classifier"."""
+    if spec.gguf_file:
+        raise ModelLoadError(f"model.gguf_file: GGUF holds causal LMs; {what} needs model.name")
+    source = model_source(spec.name, log)
+    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    try:
+        processor = processor_class.from_pretrained(source, **options)
+        model = model_class.from_pretrained(source, dtype=select_dtype(spec.dtype), **model_kwargs, **options)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model.name {spec.name!r}: cannot load {what}: {_first_line(error)}") from None
+    return model, processor
 
 
 def adapted_dimensions(
@@ -108,7 +126,7 @@ def model_source(name: str, log: Callable[[str], None]) -> str:
     return name
 
 
-def _with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def with_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

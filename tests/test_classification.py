@@ -140,3 +140,10 @@ def test_recipe_rejects_mixed_task_settings(write_recipe, tmp_path):
     recipe = classification_recipe(tmp_path, {"train": "x.jsonl", "format": "alpaca", "glue_task": "rte"})
     result = CliRunner().invoke(main, ["validate", str(write_recipe(recipe))])
     assert result.exit_code == 2 and "data.format belong(s) to task sft, not classification" in result.output
+
+
+def test_unloadable_model_is_a_clear_error(write_recipe, tmp_path):
+    data = {"train": str(write_jsonl(tmp_path / "d.jsonl", pair_rows(6, 0, lambda i: i % 2))), "glue_task": "rte",
+            "eval_fraction": 0.5}
+    result, _ = train(write_recipe, classification_recipe(tmp_path / "no-model", data), tmp_path / "runs")
+    assert result.exit_code == 2 and "cannot load a sequence classifier" in result.output

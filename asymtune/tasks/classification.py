@@ -28,7 +28,7 @@ from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation import metrics as m
-from asymtune.models import ModelLoadError, model_source, select_dtype
+from asymtune.models import load_pretrained, with_pad_token
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
@@ -122,27 +122,16 @@ def compute_metrics_for(glue: GlueTask | None, regression: bool):
 
 
 def load_classifier(recipe: Recipe, data: LabelledData):
-    spec = recipe.model
-    if spec.gguf_file:
-        raise ModelLoadError("model.gguf_file: GGUF holds causal LMs; classification needs model.name")
-    source = model_source(spec.name, console.print)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     labels = {}
     if data.label_names:
         labels = {"id2label": dict(enumerate(data.label_names)),
                   "label2id": {name: i for i, name in enumerate(data.label_names)}}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=data.num_labels, dtype=select_dtype(spec.dtype),
-            problem_type="regression" if data.regression else "single_label_classification",
-            **labels, **kwargs,
-        )
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model.name {spec.name!r}: cannot load a sequence classifier: "
-                             f"{str(error).strip().splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = load_pretrained(
+        recipe.model, "a sequence classifier", AutoModelForSequenceClassification, AutoTokenizer, console.print,
+        num_labels=data.num_labels,
+        problem_type="regression" if data.regression else "single_label_classification", **labels,
+    )
+    tokenizer = with_pad_token(tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

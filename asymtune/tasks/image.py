@@ -30,7 +30,7 @@ from asymtune.assets import cache_dir
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
 from asymtune.evaluation.metrics import accuracy
-from asymtune.models import ModelLoadError, model_source, select_dtype
+from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
@@ -95,24 +95,11 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
             f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
             + ", ".join(str(p) for p in data.skipped[:3])
         )
-    spec = recipe.model
-    source = model_source(spec.name, console.print)
-    options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-    try:
-        processor = AutoImageProcessor.from_pretrained(source, **options)
-        model = AutoModelForImageClassification.from_pretrained(
-            source,
-            num_labels=len(data.classes),
-            id2label=dict(enumerate(data.classes)),
-            label2id={name: i for i, name in enumerate(data.classes)},
-            ignore_mismatched_sizes=True,
-            dtype=select_dtype(spec.dtype),
-            **options,
-        )
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"model.name {spec.name!r}: cannot load an image classifier: {str(error).strip().splitlines()[0]}"
-        ) from None
+    model, processor = load_pretrained(
+        recipe.model, "an image classifier", AutoModelForImageClassification, AutoImageProcessor, console.print,
+        num_labels=len(data.classes), id2label=dict(enumerate(data.classes)),
+        label2id={name: i for i, name in enumerate(data.classes)}, ignore_mismatched_sizes=True,
+    )
     peft_model, counts = prepare_model(model, recipe, None, len(data.train), [HEAD])
     console.print(
         f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "

@@ -30,7 +30,7 @@ from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation.metrics import rouge
-from asymtune.models import ModelLoadError, model_source, select_dtype
+from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
@@ -105,17 +105,9 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     started = time.perf_counter()
     set_seed(recipe.seed)
     train_pairs, eval_pairs, source, target, prefix = load_pairs(recipe)
-    spec = recipe.model
-    if spec.gguf_file:
-        raise ModelLoadError("model.gguf_file: GGUF holds causal LMs; seq2seq needs model.name")
-    path = model_source(spec.name, console.print)
-    try:
-        options = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
-        tokenizer = AutoTokenizer.from_pretrained(path, **options)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=select_dtype(spec.dtype), **options)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model.name {spec.name!r}: cannot load a seq2seq model: "
-                             f"{str(error).strip().splitlines()[0]}") from None
+    model, tokenizer = load_pretrained(
+        recipe.model, "a seq2seq model", AutoModelForSeq2SeqLM, AutoTokenizer, console.print
+    )
     peft_model, counts = prepare_model(model, recipe, "SEQ_2_SEQ_LM", len(train_pairs))
 
     def tokenize(batch):
