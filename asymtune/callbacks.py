@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 import time
 
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import TrainerCallback
 
 from asymtune.report import console
@@ -13,18 +21,22 @@ from asymtune.runs import RunDir
 
 
 class ProgressCallback(TrainerCallback):
-    """A rich progress bar over optimizer steps showing the latest loss and learning rate."""
+    """A rich progress bar over optimizer steps showing the latest loss and learning rate, and one over
+    the batches of each evaluation (inside the training display while training, on its own after)."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._task = None
+        self._training = False
+        self._eval_progress: Progress | None = None
+        self._eval_task = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("{task.fields[unit]} {task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("lr {task.fields[lr]}"),
             TimeElapsedColumn(),
@@ -33,7 +45,8 @@ class ProgressCallback(TrainerCallback):
             console=console,
         )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=state.max_steps, loss="-", lr="-")
+        self._training = True
+        self._task = self._progress.add_task("train", total=state.max_steps, unit="step", loss="-", lr="-")
 
     def on_step_end(self, args, state, control, **kwargs):
         self._progress.update(self._task, completed=state.global_step)
@@ -53,6 +66,35 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._progress is not None:
             self._progress.stop()
+        self._training = False
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self._eval_progress is None:
+            total = len(eval_dataloader) if eval_dataloader is not None else None
+            if self._training and self._progress is not None:
+                self._eval_progress = self._progress
+            else:
+                self._eval_progress = Progress(
+                    TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                )
+                self._eval_progress.start()
+            self._eval_task = self._eval_progress.add_task("evaluate", total=total, unit="batch", loss="-", lr="-")
+        self._eval_progress.advance(self._eval_task)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._end_evaluation()
+
+    def on_predict(self, args, state, control, **kwargs):
+        self._end_evaluation()
+
+    def _end_evaluation(self) -> None:
+        if self._eval_progress is None:
+            return
+        self._eval_progress.remove_task(self._eval_task)
+        if self._eval_progress is not self._progress:
+            self._eval_progress.stop()
+        self._eval_progress = None
 
 
 class StepLogCallback(TrainerCallback):
