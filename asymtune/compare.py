@@ -174,22 +174,47 @@ def shown_columns(rows: list[Row]) -> list[str]:
     return [column for column in metric_columns(rows) if not BOOKKEEPING.search(column)]
 
 
-def to_table(rows: list[Row], baseline: Row | None, title: str) -> Table:
-    """A rich table; the best value of each ranked column in bold green, the baseline row marked."""
+IDENTITY = ("status", "method", "factors", "rank", "trainable", "% base", "n")
+MIN_COLUMN_WIDTH = 12  # below this rich truncates numbers to "0.…": switch to one column per run
+
+
+def to_table(rows: list[Row], baseline: Row | None, title: str, width: int = 160) -> Table:
+    """A rich table, one row per run/variant, or (when its columns would not fit `width` and there are
+    few rows) one column per run/variant; the best value of each ranked metric in bold green."""
     columns = shown_columns(rows)
     best = best_values(rows, columns)
+
+    def cell(row: Row, column: str) -> str:
+        text = escape(cell_text(row, column, baseline))
+        return f"[bold green]{text}[/]" if column in best and row.metrics.get(column) == best[column] else text
+
+    def label(row: Row) -> str:
+        return row.label + (" [baseline]" if row is baseline else "")
+
     table = Table(title=title)
-    for name in ("run", "status", "method", "factors", "rank", "trainable", "% base", "n", *columns):
+    if (1 + len(IDENTITY) + len(columns)) * MIN_COLUMN_WIDTH > width and len(rows) * 24 <= width:
+        table.add_column("")
+        for row in rows:
+            table.add_column(label(row), justify="right", style=None if row.status in OK_STATUSES else "red")
+        for position, name in enumerate(IDENTITY):
+            table.add_row(name, *(_identity(row)[position] for row in rows))
+        for column in columns:
+            table.add_row(column, *(cell(row, column) for row in rows))
+        return table
+    for name in ("run", *IDENTITY, *columns):
         table.add_column(name, justify="left" if name in {"run", "status", "method", "factors"} else "right")
     for row in rows:
-        cells = [row.label + (" [baseline]" if row is baseline else ""), row.status, row.method, row.factors,
-                 _fmt(row.rank), _fmt(row.trainable), _fmt(row.trainable_percent), str(len(row.runs))]
-        for column in columns:
-            text = escape(cell_text(row, column, baseline))
-            is_best = column in best and row.metrics.get(column) == best[column]
-            cells.append(f"[bold green]{text}[/]" if is_best else text)
-        table.add_row(*cells, style=None if row.status in {"completed", "reported"} else "red")
+        cells = [label(row), *_identity(row), *(cell(row, column) for column in columns)]
+        table.add_row(*cells, style=None if row.status in OK_STATUSES else "red")
     return table
+
+
+def _identity(row: Row) -> list[str]:
+    return [row.status, row.method, row.factors, _fmt(row.rank), _fmt(row.trainable), _fmt(row.trainable_percent),
+            str(len(row.runs))]
+
+
+OK_STATUSES = {"completed", "reported"}
 
 
 def to_csv(rows: list[Row], baseline: Row | None) -> str:

@@ -147,3 +147,17 @@ def test_a_run_with_an_unreadable_recipe_is_listed_not_fatal(runs_root):
         (broken.path / "recipe.yaml").write_text(text)
         rows = compare.collect(expand([str(runs_root)]), group_by=None)
         assert any(row.status == "completed (recipe.yaml unreadable)" for row in rows)
+
+
+def test_many_metrics_and_few_runs_give_one_column_per_run(tmp_path):
+    for name, loss, a_trainable in (("b-only", 1.0, False), ("lora", 0.9, True)):
+        run = fake_run(tmp_path, name, 0, rank=8, eval_loss=loss, a_trainable=a_trainable)
+        metrics = run.read_json("metrics.json")
+        run.write_metrics({**metrics, **{f"env{i}_acc": 0.5 + i / 100 + (name == "lora") for i in range(16)}})
+    rows = compare.collect(expand([str(tmp_path)]), group_by=None)
+    wide = compare.to_table(rows, None, "Runs", width=160)
+    assert [column.header for column in wide.columns] == ["", "b-only", "lora"]
+    assert list(wide.columns[0].cells)[:2] == ["status", "method"] and "env15_acc" in wide.columns[0].cells
+    assert "[bold green]1.5000[/]" in list(wide.columns[2].cells)  # lora's env0_acc is the best
+    narrow = compare.to_table(rows[:1], None, "Runs", width=1000)  # everything fits: one row per run
+    assert [column.header for column in narrow.columns][:3] == ["run", "status", "method"]
