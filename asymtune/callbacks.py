@@ -142,3 +142,43 @@ class StopOnNonFiniteLoss(TrainerCallback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             raise NonFiniteLoss(state.global_step, loss)
+
+
+class TrainingInterrupted(Exception):
+    """A signal stopped training after a checkpoint was written; the run can be resumed."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} by a signal, after writing checkpoint-{step}")
+        self.step = step
+
+
+class GracefulStop(TrainerCallback):
+    """SIGINT/SIGTERM during training: finish the current step, write a checkpoint, stop training.
+
+    A second signal, or one outside the training loop, raises KeyboardInterrupt at once. `handle`
+    is the signal handler; install it with `signal.signal`."""
+
+    def __init__(self) -> None:
+        self.training = False
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        if self.training and not self.requested:
+            self.requested = True
+            console.print("[yellow]stopping:[/yellow] writing a checkpoint after this step (signal again to stop now)")
+            return
+        raise KeyboardInterrupt
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training, self.requested = True, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+
+graceful_stop = GracefulStop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import platform
 import signal
 import sys
 import traceback
@@ -12,7 +14,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from asymtune import assets, runs
+from asymtune import assets, atomic, distributed, runs
 from asymtune import recipe as recipes
 from asymtune.assets import AssetError
 from asymtune.evaluation.mmlu import CATEGORY_TITLES, MMLUDataError
@@ -51,15 +53,36 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.argument("recipe_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value.")
 @click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Root folder for run directories.")
-def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None:
-    """Train the adapter a recipe describes into a new run directory."""
-    recipe = load_recipe(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue this run from its newest complete checkpoint (its own recipe; no RECIPE_FILE).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N data-parallel processes, launched through accelerate (GPUs if enough, else CPU).")
+def train(
+    recipe_file: str | None, overrides: tuple[str, ...], output_dir: str, resume_dir: str | None, nproc: int
+) -> None:
+    """Train the adapter a recipe describes into a new run directory, or resume a stopped run.
+
+    Under `accelerate launch` or `torchrun` each process runs this same command; rank 0 writes the run."""
+    if nproc > 1:
+        argv = ["train", *([recipe_file] if recipe_file else []), *(f"--set={o}" for o in overrides),
+                f"--output-dir={output_dir}", *([f"--resume={resume_dir}"] if resume_dir else [])]
+        sys.exit(distributed.launch(nproc, argv))
+    if resume_dir is None:
+        if recipe_file is None:
+            fail("give a RECIPE_FILE to train, or --resume RUN_DIR to continue a run")
+        recipe = load_recipe(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
+    elif recipe_file is not None or overrides:
+        fail("--resume continues a run with the recipe it started with: drop RECIPE_FILE and --set")
+    else:
+        stopped_run = open_run_to_resume(Path(resume_dir))  # on every rank, before rank 0 marks it running
+        recipe = load_recipe(str(stopped_run.path / "recipe.yaml"))
     from asymtune.adapters.lora import AdapterError  # torch/transformers load only when training
-    from asymtune.callbacks import NonFiniteLoss
+    from asymtune.callbacks import NonFiniteLoss, TrainingInterrupted, graceful_stop
+    from asymtune.checkpoints import newest_complete
     from asymtune.data.sources import DataError
     from asymtune.models import ModelLoadError
     from asymtune.tasks import classification, image, seq2seq, sft
@@ -68,12 +91,18 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     task_runner = runners[recipe.task]
     # Problems with what the user gave us (data, model, targets): one message, exit 2.
     input_errors = (AdapterError, AssetError, DataError, ModelLoadError)
-    run = runs.RunDir.create(Path(output_dir), recipe.name)
-    run.write_recipe(recipe)
-    run.write_env(recipe, sys.argv)
-    run.set_status("running")
+    if resume_dir is None:
+        run = distributed.shared_run_dir(lambda: new_run(recipe, Path(output_dir)))
+    else:
+        run = distributed.shared_run_dir(lambda: stopped_run)
+        run.resume_from = newest_complete(run.path / "checkpoints", warn)
+        start = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
+        console.print(f"resuming from {start}")
+        run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
+    run.set_status("running", pid=os.getpid(), host=platform.node())
     console.print(f"run directory: [bold]{run.path}[/bold]")
-    signal.signal(signal.SIGTERM, _interrupt)
+    resume_hint = f"resume with: asymtune train --resume {run.path}"
+    previous_handlers = {sig: signal.signal(sig, graceful_stop.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         metrics = task_runner(recipe, run)
     except input_errors as error:
@@ -81,15 +110,21 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
         fail(str(error))
     except NonFiniteLoss as error:
         run.set_status("failed", error=str(error))
-        fail(f"{error} (run: {run.path})", code=1)
+        fail(f"{error}; the last checkpoint before it is kept in {run.path}/checkpoints", code=1)
+    except TrainingInterrupted as error:
+        run.set_status("interrupted", step=error.step)
+        fail(f"interrupted: {error}; {resume_hint}", code=130)
     except KeyboardInterrupt:
         run.set_status("interrupted")
-        fail(f"interrupted; partial run kept in {run.path}", code=130)
+        fail(f"interrupted; {resume_hint}", code=130)
     except Exception as error:
         (run.path / "logs").mkdir(exist_ok=True)
-        (run.path / "logs" / "error.log").write_text(traceback.format_exc())
+        atomic.write_text(run.path / "logs" / "error.log", traceback.format_exc())
         run.set_status("failed", error=f"{type(error).__name__}: {error}")
         fail(f"training failed: {type(error).__name__}: {error} (traceback in {run.path}/logs/error.log)", 1)
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     run.write_metrics(metrics)
     run.set_status("completed")
     console.print(summary_table(f"{recipe.name} — done", metrics))
@@ -97,9 +132,40 @@ def train(recipe_file: str, overrides: tuple[str, ...], output_dir: str) -> None
     console.print(f"saved to [bold]{saved}[/bold]")
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM ends a training run the way Ctrl-C does: status interrupted, exit 130."""
-    raise KeyboardInterrupt
+def new_run(recipe: recipes.Recipe, output_dir: Path) -> runs.RunDir:
+    run = runs.RunDir.create(output_dir, recipe.name)
+    run.write_recipe(recipe)
+    run.write_env(recipe, sys.argv)
+    return run
+
+
+def open_run_to_resume(path: Path) -> runs.RunDir:
+    """The run at `path`, unless it completed or another process on this host is still training it."""
+    try:
+        run = runs.RunDir.open(path)
+    except runs.RunDirError as error:
+        fail(str(error))
+    status = run.read_json("status.json") or {}
+    if status.get("status") == "completed":
+        fail(f"{path}: the run already completed; start a new one with asymtune train RECIPE")
+    pid = status.get("pid")
+    if status.get("status") == "running" and status.get("host") == platform.node() and pid and _alive(pid):
+        fail(f"{path}: still being trained by process {pid}; stop it first")
+    return run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 @main.command(name="eval")
@@ -300,7 +366,7 @@ def compare(run_paths, latest, group_by, no_group, baseline, output_format, pape
         rows += reference
     reference_row = comparison.find_baseline(rows, baseline_run) if baseline_run else None
     if output_format == "table":
-        results.print(comparison.to_table(rows, reference_row, title))
+        results.print(comparison.to_table(rows, reference_row, title, results.width))
     else:
         render = {"markdown": comparison.to_markdown, "csv": comparison.to_csv, "json": comparison.to_json}
         click.echo(render[output_format](rows, reference_row), nl=False)

@@ -177,6 +177,8 @@ class TrainSpec(_Strict):
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps; default: at the end")
     gradient_checkpointing: bool = False
+    save_steps: int = Field(500, ge=1, description="checkpoint every N steps and at the end (train --resume)")
+    save_total_limit: int = Field(2, ge=2, description="checkpoints kept (the newest; 2 so one is always complete)")
 
 
 class GenerationSpec(_Strict):

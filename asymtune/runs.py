@@ -6,6 +6,7 @@ adapter/ (PEFT format). Every file is written atomically; an existing run dir is
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -15,13 +16,17 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asymtune import atomic
 from asymtune.recipe import Recipe, to_yaml
+
+if TYPE_CHECKING:
+    from asymtune.checkpoints import Checkpoint
 
 LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pydantic")
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -35,11 +40,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _rank_zero_only(method: Callable) -> Callable:
+    """Skip `method` on the RunDir of a non-zero rank: in a multi-process run rank 0 writes the folder."""
+
+    @functools.wraps(method)
+    def write_if_rank_zero(self: RunDir, *args: Any, **kwargs: Any) -> None:
+        if self.writes:
+            method(self, *args, **kwargs)
+
+    return write_if_rank_zero
+
+
 class RunDir:
     """One run's folder; create with `RunDir.create`, read back with `RunDir.open`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writes: bool = True) -> None:
         self.path = path
+        self.writes = writes  # False on the non-zero ranks of a multi-process run: rank 0 writes
+        self.resume_from: Checkpoint | None = None  # set by `train --resume`
 
     @classmethod
     def create(cls, root: Path, name: str) -> RunDir:
@@ -68,21 +86,26 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "logs" / "train.jsonl"
 
+    @_rank_zero_only
     def write_recipe(self, recipe: Recipe) -> None:
         atomic.write_text(self.path / "recipe.yaml", to_yaml(recipe))
 
+    @_rank_zero_only
     def write_env(self, recipe: Recipe, argv: list[str]) -> None:
         atomic.write_json(self.path / "env.json", environment(recipe.seed, argv))
 
+    @_rank_zero_only
     def set_status(self, status: str, **details: Any) -> None:
         assert status in STATUSES, status
         previous = self.read_json("status.json") or {}
         record = {"status": status, "started": previous.get("started", _now()), "updated": _now(), **details}
         atomic.write_json(self.path / "status.json", record)
 
+    @_rank_zero_only
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic.write_json(self.path / "metrics.json", metrics)
 
+    @_rank_zero_only
     def append_log(self, record: dict[str, Any]) -> None:
         """One JSON line per logging step (append-only; a torn last line is the only possible loss)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,28 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import TrainOutput
 
 from asymtune.adapters import fused, methods
 from asymtune.adapters.lora import ParameterCounts
-from asymtune.callbacks import ProgressCallback, StepLogCallback, StopOnNonFiniteLoss, TimeToFirstStepCallback
+from asymtune.callbacks import (
+    ProgressCallback,
+    StepLogCallback,
+    StopOnNonFiniteLoss,
+    TimeToFirstStepCallback,
+    TrainingInterrupted,
+    graceful_stop,
+)
+from asymtune.checkpoints import MarkCheckpointComplete
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
 
 
 def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str, Any]:
-    """Keyword arguments for TrainingArguments (or a subclass): no checkpoints, no tqdm, our callbacks log."""
+    """Keyword arguments for TrainingArguments (or a subclass): checkpoints every train.save_steps and at
+    the end under RUN/checkpoints, no tqdm (our callbacks show progress and log)."""
     train = recipe.train
     return {
         "output_dir": str(run.path / "checkpoints"),
@@ -32,9 +43,15 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
         "max_grad_norm": train.max_grad_norm,
         "lr_scheduler_type": train.lr_scheduler,
         "logging_steps": train.logging_steps,
+        # Per-batch mean losses (classification, seq2seq, images) must not be rescaled by the process count:
+        # transformers does that when a model's forward takes **kwargs, doubling gradients under 2-process DDP.
+        # SFT turns it back on: TRL's causal-LM loss divides by the tokens counted across all processes.
+        "average_tokens_across_devices": False,
         "logging_nan_inf_filter": False,  # let a NaN loss reach the log, where StopOnNonFiniteLoss stops the run
         "eval_strategy": "no",
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": train.save_steps,
+        "save_total_limit": train.save_total_limit,
         "report_to": [],
         "disable_tqdm": True,
         "bf16": dtype == torch.bfloat16,
@@ -46,7 +63,23 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
 
 def run_callbacks(run: RunDir, first_step: TimeToFirstStepCallback) -> list:
     """The progress bar, the per-step JSONL log, the time-to-first-step probe and the divergence stop."""
-    return [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss()]
+    return [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss(), graceful_stop]
+
+
+def train(trainer: Trainer, run: RunDir) -> TrainOutput:
+    """`trainer.train()`, resumed from `run.resume_from` when set, with each checkpoint marked complete.
+
+    training_loss is the mean per-step loss over the whole run, the steps before the resume included.
+    Raises TrainingInterrupted when a signal stopped training (a checkpoint was written first)."""
+    resumed = run.resume_from
+    trainer.add_callback(MarkCheckpointComplete(trainer, resumed))
+    result = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
+    if graceful_stop.requested:
+        raise TrainingInterrupted(result.global_step)
+    if resumed and result.global_step:
+        session_sum = result.training_loss * (result.global_step - resumed.step)
+        result = result._replace(training_loss=(resumed.loss_sum + session_sum) / result.global_step)
+    return result
 
 
 def prepare_model(
@@ -61,6 +94,26 @@ def prepare_model(
     if layers:
         console.print(f"fused frozen-A path on {layers} LoRA layers")
     return adapted, counts
+
+
+def evaluate_before_training(trainer: Trainer) -> dict[str, float]:
+    """`trainer.evaluate()` on the untrained model, leaving it free to be wrapped for training.
+
+    Accelerate marks a model it prepared for evaluation as prepared; `train()` then skips the DDP
+    wrapper, so under several processes each would silently train on its own shard. Undo the mark."""
+    metrics = trainer.evaluate()
+    model = trainer.model
+    if getattr(model, "_is_accelerate_prepared", False):
+        model._is_accelerate_prepared = False
+        if model in trainer.accelerator._models:
+            trainer.accelerator._models.remove(model)
+    return metrics
+
+
+def save_trained(model: nn.Module, recipe: Recipe, run: RunDir) -> None:
+    """The adapter (or, for full/linear_probe, the model) into the run folder; rank 0 only."""
+    if run.writes:
+        methods.save(model, recipe, run.adapter_dir, run.model_dir)
 
 
 def training_metrics(result, first_step: TimeToFirstStepCallback, train_rows: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from asymtune.models import load_pretrained, with_pad_token
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
+from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
 
 CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
@@ -163,8 +163,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
-    result = trainer.train()
-    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
+    result = train(trainer, run)
+    save_trained(peft_model, recipe, run)
 
     metrics: dict[str, Any] = {
         **training_metrics(result, first_step, len(train_set)),

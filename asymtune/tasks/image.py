@@ -35,7 +35,7 @@ from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
+from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
 
 BUILT_IN = {
     "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
@@ -139,8 +139,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
-    result = trainer.train()
-    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
+    result = train(trainer, run)
+    save_trained(peft_model, recipe, run)
 
     def evaluate(items: list[tuple[Path, int]], name: str) -> float:
         return trainer.evaluate(eval_dataset=ImageItems(items, processor), metric_key_prefix=name)[f"{name}_accuracy"]

@@ -34,7 +34,7 @@ from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
+from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
-    result = trainer.train()
-    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
+    result = train(trainer, run)
+    save_trained(peft_model, recipe, run)
 
     predictions = generate(peft_model, tokenizer, eval_pairs[source], recipe)
     references = eval_pairs[target]

@@ -20,7 +20,15 @@ from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, trainer_options, training_metrics
+from asymtune.tasks.base import (
+    evaluate_before_training,
+    prepare_model,
+    run_callbacks,
+    save_trained,
+    train,
+    trainer_options,
+    training_metrics,
+)
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -38,10 +46,11 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
 
 
 def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool, dtype: torch.dtype) -> SFTConfig:
-    """SFTConfig from the recipe's train/data sections (no checkpoints: the adapter is saved at the end)."""
+    """SFTConfig from the recipe's train/data sections, over the options every task shares."""
     periodic_eval = has_eval and recipe.train.eval_steps is not None
     return SFTConfig(
-        **{**trainer_options(recipe, run, dtype), "eval_strategy": "steps" if periodic_eval else "no"},
+        **{**trainer_options(recipe, run, dtype), "eval_strategy": "steps" if periodic_eval else "no",
+           "average_tokens_across_devices": True},
         eval_steps=recipe.train.eval_steps if periodic_eval else None,
         max_length=recipe.data.max_length,
         completion_only_loss=recipe.data.completion_only_loss,
@@ -105,10 +114,10 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     before = None
     if eval_set is not None:
         eval_started = time.perf_counter()
-        before = trainer.evaluate()["eval_loss"]
+        before = evaluate_before_training(trainer)["eval_loss"]
         first_step.exclude(time.perf_counter() - eval_started)
-    result = trainer.train()
-    methods.save(peft_model, recipe, run.adapter_dir, run.model_dir)
+    result = train(trainer, run)
+    save_trained(peft_model, recipe, run)
 
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
     runtime = result.metrics.get("train_runtime")

@@ -1,0 +1,61 @@
+"""Checkpoints a killed run resumes from: the Trainer's own `checkpoint-N` folders (adapter or weights,
+optimizer, scheduler, RNG states, step and data position), each marked complete by a last, atomically
+written `asymtune_checkpoint.json`. A folder without that marker was cut off mid-write and is skipped."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import Trainer, TrainerCallback
+
+from asymtune import atomic
+
+MARKER = "asymtune_checkpoint.json"
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint: its folder, optimizer step and the sum of the per-step training losses so far."""
+
+    path: Path
+    step: int
+    loss_sum: float
+
+
+def newest_complete(folder: Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The complete checkpoint with the highest step under `folder`; incomplete newer ones are reported."""
+    candidates = sorted(
+        ((int(match.group(1)), path) for path in folder.glob("checkpoint-*") if (match := _STEP.match(path.name))),
+        reverse=True,
+    )
+    for step, path in candidates:
+        marker = path / MARKER
+        if marker.is_file():
+            return Checkpoint(path, step, json.loads(marker.read_text())["loss_sum"])
+        warn(f"skipping {path}: incomplete (no {MARKER}; the run stopped while writing it)")
+    return None
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """After the Trainer has written checkpoint-N, write its marker (step and the loss sum so far) last."""
+
+    def __init__(self, trainer: Trainer, resumed: Checkpoint | None) -> None:
+        self.trainer = trainer
+        self.prior_loss_sum = resumed.loss_sum if resumed else 0.0
+
+    def loss_sum(self) -> float:
+        """Σ per-step training loss over all steps so far (before the resume point included)."""
+        # The Trainer keeps this call's logged sum in _total_loss_scalar and the not yet logged part in _tr_loss.
+        pending = self.trainer._tr_loss
+        pending_sum = float(pending.item()) if pending is not None else 0.0
+        return self.prior_loss_sum + self.trainer._total_loss_scalar + pending_sum
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic.write_json(folder / MARKER, {"step": state.global_step, "loss_sum": self.loss_sum()})

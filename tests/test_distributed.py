@@ -1,0 +1,69 @@
+"""Two CPU processes (gloo) through `train --nproc 2`: the same adapter as one process with the same
+global batch, one run folder written by rank 0."""
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import save_tiny_model, sft_recipe, write_jsonl
+from safetensors.torch import load_file
+from test_classification import classification_recipe, pair_rows
+from transformers import RobertaConfig, RobertaModel
+
+from asymtune.cli import main
+from asymtune.runs import expand
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta_without_dropout(tmp_path_factory):
+    """Dropout draws different random numbers in 1 and 2 processes: off, so the runs can agree."""
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny-roberta-no-dropout"), RobertaConfig, RobertaModel, hidden_size=32,
+        intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=300,
+        type_vocab_size=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_adapter_one_process_trains_with_the_same_global_batch(
+    tiny_roberta_without_dropout, write_recipe, tmp_path
+):
+    data = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", pair_rows(32, 0, lambda i: i % 2))),
+        "eval": str(write_jsonl(tmp_path / "dev.jsonl", pair_rows(8, 1, lambda i: i % 2))),
+        "glue_task": "rte",
+    }
+    recipe = classification_recipe(tiny_roberta_without_dropout, data, dropout=0.0)
+    recipe["train"].update(max_steps=4, batch_size=4, learning_rate=0.05)
+    assert_two_processes_match_one(recipe, write_recipe, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_process_sft_weighs_tokens_across_processes_like_one_process(
+    tiny_llama_dir, alpaca_file, write_recipe, tmp_path
+):
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)  # completions of different lengths on each process
+    recipe["train"].update(max_steps=4, batch_size=4, learning_rate=0.05)
+    assert_two_processes_match_one(recipe, write_recipe, tmp_path)
+
+
+def assert_two_processes_match_one(recipe, write_recipe, tmp_path):
+    """Train `recipe` (batch_size 4) in one process, then per-process batch 2 in two: same adapter."""
+    single = CliRunner().invoke(main, ["train", str(write_recipe(recipe, "one.yaml")), "--output-dir",
+                                       str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    recipe["train"]["batch_size"] = 2  # per process: 2 processes x 2 = the same global batch of 4
+    command = [sys.executable, "-m", "asymtune.cli", "train", str(write_recipe(recipe, "two.yaml")),
+               "--output-dir", str(tmp_path / "two"), "--nproc", "2"]
+    launched = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "distributed: 2 processes (gloo)" in launched.stderr
+
+    [one], [two] = expand([str(tmp_path / "one")]), expand([str(tmp_path / "two")])  # rank 1 made no folder
+    assert two.status == "completed" and two.read_json("metrics.json")["train_steps"] == 4
+    a = load_file(one.adapter_dir / "adapter_model.safetensors")
+    b = load_file(two.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert any(w.abs().sum() > 0 for k, w in a.items() if "lora_B" in k)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5

@@ -1,0 +1,115 @@
+"""Never lose work: checkpoints marked complete, SIGKILL mid-run then --resume ends where an uninterrupted
+run ends, SIGTERM writes a checkpoint first, half-written checkpoints are skipped."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+from conftest import sft_recipe
+from safetensors.torch import load_file
+
+from asymtune.checkpoints import MARKER, newest_complete
+from asymtune.cli import main
+from asymtune.runs import RunDir, expand
+
+
+def start_training(recipe_file, output_dir) -> subprocess.Popen:
+    command = [sys.executable, "-m", "asymtune.cli", "train", str(recipe_file), "--output-dir", str(output_dir)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(pattern_root, pattern: str, process: subprocess.Popen, timeout: float = 180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(pattern_root.glob(pattern))
+        if found:
+            return found[0]
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError(f"{pattern} did not appear in {timeout}s")
+
+
+def resume(run_path) -> "CliRunner.Result":
+    return CliRunner().invoke(main, ["train", "--resume", str(run_path)])
+
+
+def adapter_weights(run: RunDir) -> dict:
+    return load_file(run.adapter_dir / "adapter_model.safetensors")
+
+
+@pytest.fixture
+def resumable_recipe(tiny_llama_dir, alpaca_file, write_recipe):
+    """B-only with adapter dropout (so the RNG state matters), a checkpoint every 4 of 48 steps."""
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file, dropout=0.1)
+    recipe["train"].update(max_steps=48, save_steps=4, batch_size=2)
+    return write_recipe(recipe)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_adapter_and_metrics_of_an_uninterrupted_run(resumable_recipe, tmp_path):
+    reference = CliRunner().invoke(main, ["train", str(resumable_recipe), "--output-dir", str(tmp_path / "whole")])
+    assert reference.exit_code == 0, reference.output
+    [whole] = expand([str(tmp_path / "whole")])
+
+    process = start_training(resumable_recipe, tmp_path / "killed")
+    marker = wait_for(tmp_path / "killed", f"*/*/checkpoints/checkpoint-8/{MARKER}", process)
+    process.kill()
+    process.communicate()
+    run = RunDir(marker.parents[2])
+    assert run.status == "running" and not (run.path / "metrics.json").exists()  # SIGKILL: nothing more written
+    half_written = run.path / "checkpoints" / "checkpoint-1000"
+    half_written.mkdir()
+    (half_written / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+
+    result = resume(run.path)
+    assert result.exit_code == 0, result.output
+    assert "skipping" in result.output and "checkpoint-1000" in result.output and "incomplete" in result.output
+    assert run.status == "completed"
+    resumed_weights, whole_weights = adapter_weights(run), adapter_weights(whole)
+    assert resumed_weights.keys() == whole_weights.keys()
+    assert max((resumed_weights[k] - whole_weights[k]).abs().max().item() for k in whole_weights) <= 1e-6
+    assert any(w.abs().sum() > 0 for k, w in whole_weights.items() if "lora_B" in k)  # it did train
+    resumed_metrics, whole_metrics = run.read_json("metrics.json"), whole.read_json("metrics.json")
+    for key in ("eval_loss", "eval_loss_before", "train_loss", "train_steps"):
+        assert resumed_metrics[key] == pytest.approx(whole_metrics[key], rel=1e-6, abs=1e-7), key
+    events = [json.loads(line) for line in run.log_file.read_text().splitlines()]
+    [resumed_at] = [i for i, e in enumerate(events) if e.get("event") == "resumed"]
+    from_step = events[resumed_at]["from_step"]
+    assert from_step >= 8 and f"resuming from checkpoint-{from_step}" in result.output
+    steps_after = [e["step"] for e in events[resumed_at:] if "loss" in e]
+    assert steps_after[0] == from_step + 1 and steps_after[-1] == 48  # continued, not restarted
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_marks_interrupted_and_the_run_resumes(resumable_recipe, tmp_path):
+    process = start_training(resumable_recipe, tmp_path / "runs")
+    wait_for(tmp_path / "runs", f"*/*/checkpoints/checkpoint-4/{MARKER}", process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    [run] = expand([str(tmp_path / "runs")])
+    status = run.read_json("status.json")
+    assert status["status"] == "interrupted" and "asymtune train --resume" in stderr
+    stopped = newest_complete(run.path / "checkpoints", warn=pytest.fail)
+    assert stopped.step == status["step"] >= 4  # the checkpoint written on the way out
+    result = resume(run.path)
+    assert result.exit_code == 0, result.output
+    assert f"resuming from checkpoint-{stopped.step}" in result.output and run.status == "completed"
+    assert run.read_json("metrics.json")["train_steps"] == 48
+
+
+def test_resume_refuses_completed_runs_and_a_recipe_beside_it(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    recipe_file = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))
+    assert CliRunner().invoke(main, ["train", str(recipe_file), "--output-dir", str(tmp_path)]).exit_code == 0
+    [run] = expand([str(tmp_path)])
+    assert newest_complete(run.path / "checkpoints", warn=pytest.fail).step == 4  # the checkpoint at the end
+    result = resume(run.path)
+    assert result.exit_code == 2 and "already completed" in result.output
+    result = CliRunner().invoke(main, ["train", str(recipe_file), "--resume", str(run.path)])
+    assert result.exit_code == 2 and "drop RECIPE_FILE" in result.output
+    result = resume(tmp_path / "nowhere")
+    assert result.exit_code == 2 and "not a run directory" in result.output
