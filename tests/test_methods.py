@@ -1,5 +1,7 @@
 """Baseline methods: each trains a step on the tiny RoBERTa and reports its parameter count."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 from conftest import corpus, sft_recipe, write_jsonl
@@ -25,7 +27,10 @@ BASE_RANKED = {"rank": 4, "targets": ["query", "value"]}  # 4 square 32x32 layer
     ],
     ids=lambda value: value["method"] if isinstance(value, dict) else "",
 )
-def test_each_method_trains_and_counts_parameters(tiny_roberta_dir, write_recipe, tmp_path, adapter, trainable):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "gradient-checkpointing"])
+def test_each_method_trains_and_counts_parameters(
+    tiny_roberta_dir, write_recipe, tmp_path, adapter, trainable, checkpointing
+):
     texts = corpus(40, 2)
     rows = [{"sentence1": texts[2 * i], "sentence2": texts[2 * i + 1], "label": i % 2} for i in range(20)]
     recipe = {
@@ -39,11 +44,14 @@ def test_each_method_trains_and_counts_parameters(tiny_roberta_dir, write_recipe
             "max_length": 48,
         },
         "adapter": adapter,
-        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01, "logging_steps": 1},
+        "train": {"max_steps": 2, "batch_size": 4, "learning_rate": 0.01, "logging_steps": 1,
+                  "gradient_checkpointing": checkpointing},
     }
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     [run] = expand([str(tmp_path / "runs")])
+    steps = [json.loads(line) for line in run.log_file.read_text().splitlines() if '"grad_norm"' in line]
+    assert len(steps) == 2 and all(step["grad_norm"] > 0 for step in steps)  # gradients reach what trains
     params = run.read_json("metrics.json")["parameters"]
     expected = params["base"] if trainable is None else trainable
     assert params["trainable"] == expected

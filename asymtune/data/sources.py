@@ -3,6 +3,7 @@ documents, or a hub dataset id."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,12 +71,46 @@ def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Data
         raise DataError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_BUILDERS)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    if builder != "parquet":
+        check_text(path)
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # pyarrow/json parse errors come in several types
+        if path.suffix.lower() == ".jsonl" and (bad := first_bad_json_line(path)):
+            raise DataError(f"{path}: {bad}") from None
         cause = error.__cause__ or error
         raise DataError(f"{path}: cannot read as {builder}: {str(cause).strip().splitlines()[0]}") from None
     if len(table) == 0:
         raise DataError(f"{path}: no rows")
     return table
+
+
+def check_text(path: Path) -> None:
+    """Refuse a text data file that is not UTF-8 or holds only blank lines, naming the first bad line."""
+    blank = True
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}: line {number} is not valid UTF-8 (byte 0x{line[error.start]:02x} at column "
+                    f"{error.start + 1}); save the file as UTF-8"
+                ) from None
+            blank = blank and not text.strip()
+    if blank:
+        raise DataError(f"{path}: no rows (only blank lines)")
+
+
+def first_bad_json_line(path: Path) -> str | None:
+    """'line N is not valid JSON: why' for the first line of a JSON-lines file that does not parse."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {number} is not valid JSON ({error.msg} at column {error.colno})"
+    return None

@@ -45,6 +45,7 @@ class LabelledData:
         self.label_field = spec.label_field
         self.glue: GlueTask | None = GLUE.get(spec.glue_task) if spec.glue_task else None
         self.text_fields = list(self.glue.text_fields if self.glue and not spec.text_fields else spec.text_fields)
+        self.regression = bool(self.glue and self.glue.is_regression)
         config = spec.config or (spec.glue_task if spec.train == GLUE_HUB_ID else None)
         train = self._check(load_table(spec.train, spec.split, console.print, config), spec.train)
         held_out: dict[str, datasets.Dataset] = {}
@@ -67,7 +68,6 @@ class LabelledData:
             train, split_off = train_eval_split(train, None, spec.eval_fraction, recipe.seed,
                                                 spec.max_train_samples, spec.max_eval_samples, stratify)
             held_out = {"validation": split_off} if split_off is not None else {}
-        self.regression = bool(self.glue and self.glue.is_regression)
         self.label_names = self._label_names(train, spec.label_field)
         self.train = self._encode_labels(train, spec.label_field, spec.train)
         self.eval = {name: self._encode_labels(t, spec.label_field, name) for name, t in held_out.items()}
@@ -81,6 +81,15 @@ class LabelledData:
         if missing:
             raise DataError(f"{source}: missing column(s) {', '.join(missing)}; the data has "
                             f"{', '.join(table.column_names)} (set data.text_fields / data.label_field)")
+        # Checked before any shuffling or splitting, so that row N is the file's row N (0-based).
+        for field in self.text_fields:
+            for row, value in enumerate(table[field]):
+                if not isinstance(value, str):
+                    raise DataError(f"{source}: row {row}: column {field!r} must be text, got {value!r}")
+        if not isinstance(table.features[self.label_field], datasets.ClassLabel):
+            check = self._score if self.regression else self._class_index if self.glue else None
+            for row, value in enumerate(table[self.label_field] if check else []):
+                check(value, row, source)
         return table
 
     def _label_names(self, train: datasets.Dataset, field: str) -> list[str]:
@@ -89,13 +98,30 @@ class LabelledData:
         feature = train.features[field]
         if isinstance(feature, datasets.ClassLabel):
             return list(feature.names)
+        if self.glue:
+            return [str(index) for index in range(self.glue.num_labels)]
         return sorted({str(value) for value in train[field]})
+
+    def _score(self, value, row: int, source: str) -> float:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: row {row}: label {value!r} is not a number (a regression task)") from None
+
+    def _class_index(self, value, row: int, source: str) -> int:
+        """GLUE labels are class indices 0 … num_labels-1."""
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.glue.num_labels:
+            return value
+        raise DataError(f"{source}: row {row}: label {value!r} is not a class index 0-{self.glue.num_labels - 1} "
+                        f"of GLUE {self.glue.name}")
 
     def _encode_labels(self, table: datasets.Dataset, field: str, source: str) -> datasets.Dataset:
         values = table[field]
         if self.regression:
-            labels = [float(v) for v in values]
-        elif isinstance(table.features[field], datasets.ClassLabel):
+            labels = [float(value) for value in values]  # _check made sure they are numbers
+        elif isinstance(table.features[field], datasets.ClassLabel) or self.glue:  # GLUE: checked class indices
             labels = list(values)
         else:
             index = {name: i for i, name in enumerate(self.label_names)}

@@ -104,8 +104,8 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     """Train per `recipe`, save the adapter into `run`, and return the final metrics."""
     started = time.perf_counter()
     set_seed(recipe.seed)
+    train_set, eval_set = build_datasets(recipe)  # data errors first: they come in seconds, the model in minutes
     model, tokenizer = load_causal_lm(recipe.model, console.print)
-    train_set, eval_set = build_datasets(recipe)
     peft_model, counts = prepare_model(model, recipe, "CAUSAL_LM", len(train_set))
     console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
 
