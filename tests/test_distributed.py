@@ -58,7 +58,7 @@ def assert_two_processes_match_one(recipe, write_recipe, tmp_path):
                "--output-dir", str(tmp_path / "two"), "--nproc", "2"]
     launched = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert "distributed: 2 processes (gloo)" in launched.stderr
+    assert "distributed: 2 processes (gloo)" in launched.stderr and "data parallel: DDP over 2" in launched.stderr
 
     [one], [two] = expand([str(tmp_path / "one")]), expand([str(tmp_path / "two")])  # rank 1 made no folder
     assert two.status == "completed" and two.read_json("metrics.json")["train_steps"] == 4

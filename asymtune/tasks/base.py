@@ -73,6 +73,10 @@ def train(trainer: Trainer, run: RunDir) -> TrainOutput:
     Raises TrainingInterrupted when a signal stopped training (a checkpoint was written first)."""
     resumed = run.resume_from
     trainer.add_callback(MarkCheckpointComplete(trainer, resumed))
+    if trainer.args.world_size > 1:
+        mode = "FSDP" if trainer.is_fsdp_enabled else "DDP"
+        console.print(f"data parallel: {mode} over {trainer.args.world_size} processes")
+        run.append_log({"event": "distributed", "mode": mode, "world_size": trainer.args.world_size})
     result = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
     if graceful_stop.requested:
         raise TrainingInterrupted(result.global_step)
