@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from asymtune import assets
-from asymtune.recipe import ModelSpec
+from asymtune.recipe import ModelSpec, QuantizationSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,15 +52,54 @@ def load_causal_lm(
         return model.to(dtype), with_pad_token(tokenizer)
     source = model_source(spec.name, log)
     kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+    quantization = {"quantization_config": bitsandbytes_config(spec.quantization, dtype)} if spec.quantization else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **quantization, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"model.name {spec.name!r} is not a local folder or a known asset "
             f"({', '.join(assets.ASSETS)}), and loading it from the hub failed: {_first_line(error)}"
         ) from None
+    if spec.quantization and not torch.cuda.is_available():
+        keep_4bit_layers_differentiable_on_cpu(model)
     return model, with_pad_token(tokenizer)
+
+
+def keep_4bit_layers_differentiable_on_cpu(model: torch.nn.Module) -> None:
+    """On a CPU with AVX512-BF16, a bitsandbytes 4-bit layer repacks its weight for a faster kernel the
+    first time it runs in eval mode, and from then on its output no longer carries gradients to its input:
+    after an evaluation, training would stop reaching the adapters (grad norm 0). Keep the plain kernel."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def bitsandbytes_config(spec: QuantizationSpec, compute_dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for `spec` (QLoRA: NF4 with double quantization, compute in model.dtype)."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError("model.quantization needs bitsandbytes: pip install 'asymtune[quantization]'")
+    from transformers import BitsAndBytesConfig
+
+    if spec.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=spec.quant_type, bnb_4bit_use_double_quant=spec.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of `model` as the unquantized model has them (a 4-bit tensor packs several per element)."""
+    total = 0
+    for param in model.parameters():
+        if type(param).__name__ == "Params4bit":  # two 4-bit values per byte of its storage type
+            total += param.numel() * 2 * param.quant_storage.itemsize
+        else:
+            total += param.numel()
+    return total
 
 
 def load_pretrained(

@@ -41,17 +41,28 @@ class FactorSpec(_Strict):
         return f"{self.init} {'trained' if self.trainable else 'frozen'}"
 
 
+class QuantizationSpec(_Strict):
+    """QLoRA: the frozen base loaded quantized by bitsandbytes; the adapter trains in model.dtype."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit only: NormalFloat4 (QLoRA) or FP4")
+    double_quant: bool = Field(True, description="4-bit only: quantize the quantization constants too")
+
+
 class ModelSpec(_Strict):
     name: str | None = Field(None, description="hub id, local folder, or asset name")
     gguf_file: str | None = Field(None, description="local GGUF file, dequantized on load")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
+    quantization: QuantizationSpec | None = Field(None, description="sft: load the base quantized (QLoRA)")
 
     @model_validator(mode="after")
     def _name_or_gguf(self) -> ModelSpec:
         if self.name is None and self.gguf_file is None:
             raise ValueError("give model.name (hub id, folder or asset) or model.gguf_file")
+        if self.quantization and self.gguf_file:
+            raise ValueError("model.quantization quantizes a model.name checkpoint; GGUF files are dequantized")
         return self
 
 
@@ -224,6 +235,10 @@ class Recipe(_Strict):
         if self.task == "image" and not (data.train_envs and data.eval_fraction > 0):
             raise ValueError("task image needs data.train_envs and data.eval_fraction (the in-domain test share; "
                              "DomainBed: 0.2)")
+        if self.model.quantization and self.task != "sft":
+            raise ValueError(f"model.quantization (QLoRA) is built for task sft, not {self.task}")
+        if self.model.quantization and self.adapter.method == "full":
+            raise ValueError("model.quantization freezes the base in 4/8 bits; adapter.method full cannot train it")
         if self.adapter.method == "linear_probe" and self.task not in ("classification", "image"):
             raise ValueError(f"adapter.method linear_probe trains a classification head; task {self.task} has none")
         return self

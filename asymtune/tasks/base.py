@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft import prepare_model_for_kbit_training
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import TrainOutput
@@ -20,6 +21,7 @@ from asymtune.callbacks import (
     graceful_stop,
 )
 from asymtune.checkpoints import MarkCheckpointComplete
+from asymtune.models import parameter_count
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
@@ -90,13 +92,19 @@ def prepare_model(
     model: nn.Module, recipe: Recipe, task_type: str | None, train_rows: int, heads: list[str] | None = None
 ) -> tuple[nn.Module, ParameterCounts]:
     """Apply `recipe.adapter` to `model`, print its parameter table (and the fused layers), return both."""
-    base = sum(p.numel() for p in model.parameters())
+    base = parameter_count(model)
+    if getattr(model, "is_quantized", False):  # QLoRA: norms in float32, gradients reach the adapter's inputs
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
     adapted = methods.build(model, recipe.adapter, task_type, methods.planned_steps(recipe, train_rows), heads)
     counts = methods.count(adapted, recipe.adapter, base)
     console.print(parameter_table(counts))
     layers = fused.enabled_count(adapted)
+    spec = recipe.adapter
     if layers:
         console.print(f"fused frozen-A path on {layers} LoRA layers")
+    elif spec.method == "lora" and spec.fused and not spec.A.trainable:
+        why = "the base is quantized" if getattr(model, "is_quantized", False) else "no target is an nn.Linear"
+        console.print(f"fused frozen-A path off: {why}; PEFT's LoRA forward is used")
     return adapted, counts
 
 

@@ -89,6 +89,12 @@ def make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callba
         optimizers=(methods.optimizer(peft_model, recipe), None),
     )
     trainer.remove_callback(PrinterCallback)
+    if getattr(peft_model, "is_quantized", False):
+        # TRL casts a quantized model's trainable parameters to bfloat16; keep them float32 as PEFT makes them
+        # (the optimizer's master copy), matching the frozen factors, which TRL does not see (they are buffers).
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
     check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
     if eval_set is not None:
         check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
