@@ -45,6 +45,22 @@ def test_bad_sft_data_is_one_message_naming_file_and_line(case, tiny_llama_dir, 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("suffix", "content", "expected"),
+    [
+        (".json", 'null\n{"instruction": "q", "output": "a"}\n', "line 1 is a JSON null, not an object"),
+        (".jsonl", '{"instruction": "q", "output": "a"}\n[1, 2]\n', "line 2 is a JSON array, not an object"),
+        (".json", '"just a string"', "must be a list of row objects or an object of columns, not string"),
+    ],
+)
+def test_json_rows_that_are_not_objects_are_refused_before_pyarrow(suffix, content, expected, tmp_path):
+    """pyarrow's JSON reader crashes the process (SIGSEGV) on a first row of `null`: never hand it one."""
+    path = tmp_path / f"data{suffix}"
+    path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_table(str(path))
+
+
 def test_a_10_mb_single_line_loads(tmp_path):
     rows = [*alpaca_rows(3), {"instruction": "x " * 5_000_000, "input": "", "output": "y"}]
     path = write_jsonl(tmp_path / "huge.jsonl", rows)

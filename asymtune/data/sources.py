@@ -73,12 +73,12 @@ def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Data
         raise DataError(f"{path}: the file is empty")
     if builder != "parquet":
         check_text(path)
+    if builder == "json":
+        check_json(path)
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # pyarrow/json parse errors come in several types
-        if path.suffix.lower() == ".jsonl" and (bad := first_bad_json_line(path)):
-            raise DataError(f"{path}: {bad}") from None
         cause = error.__cause__ or error
         raise DataError(f"{path}: cannot read as {builder}: {str(cause).strip().splitlines()[0]}") from None
     if len(table) == 0:
@@ -103,14 +103,33 @@ def check_text(path: Path) -> None:
         raise DataError(f"{path}: no rows (only blank lines)")
 
 
-def first_bad_json_line(path: Path) -> str | None:
-    """'line N is not valid JSON: why' for the first line of a JSON-lines file that does not parse."""
+def check_json(path: Path) -> None:
+    """JSON data is one document (a list of row objects, or an object of columns) or JSON lines, one row
+    object per line; anything else is refused naming the line (pyarrow crashes on some, e.g. a `null` row)."""
+    if path.suffix.lower() == ".json":
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            document = None  # not one document: read as JSON lines below
+        else:
+            rows_ok = isinstance(document, list) and all(isinstance(row, dict) for row in document)
+            if rows_ok or isinstance(document, dict):
+                return
+            raise DataError(f"{path}: the JSON document must be a list of row objects or an object of columns, "
+                            f"not {_json_type(document)}")
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as error:
-                return f"line {number} is not valid JSON ({error.msg} at column {error.colno})"
-    return None
+                why = f"{error.msg} at column {error.colno}"
+                raise DataError(f"{path}: line {number} is not valid JSON ({why})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {number} is a JSON {_json_type(row)}, not an object (one row per line)")
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
