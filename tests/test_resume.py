@@ -113,3 +113,18 @@ def test_resume_refuses_completed_runs_and_a_recipe_beside_it(tiny_llama_dir, al
     assert result.exit_code == 2 and "drop RECIPE_FILE" in result.output
     result = resume(tmp_path / "nowhere")
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_resume_refuses_a_run_a_live_process_is_training(tmp_path):
+    import platform
+
+    run = RunDir.create(tmp_path, "busy")
+    (run.path / "recipe.yaml").write_text("name: busy\n")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run.set_status("running", pid=trainer.pid, host=platform.node())
+        result = resume(run.path)
+        assert result.exit_code == 2 and f"still being trained by process {trainer.pid}" in result.output
+    finally:
+        trainer.kill()
+        trainer.wait()
