@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) through `train --nproc 2`: the same adapter as one process with the same
-global batch, one run folder written by rank 0."""
+"""Two CPU processes (gloo) through `train --nproc 2` or torchrun: the same adapter as one process with
+the same global batch, one run folder written by rank 0."""
 
 import subprocess
 import sys
@@ -36,7 +36,7 @@ def test_two_processes_train_the_adapter_one_process_trains_with_the_same_global
     }
     recipe = classification_recipe(tiny_roberta_without_dropout, data, dropout=0.0)
     recipe["train"].update(max_steps=4, batch_size=4, learning_rate=0.05)
-    assert_two_processes_match_one(recipe, write_recipe, tmp_path)
+    assert_two_processes_match_one(recipe, write_recipe, tmp_path, launch_with_torchrun=False)
 
 
 @pytest.mark.slow
@@ -45,17 +45,21 @@ def test_two_process_sft_weighs_tokens_across_processes_like_one_process(
 ):
     recipe = sft_recipe(tiny_llama_dir, alpaca_file)  # completions of different lengths on each process
     recipe["train"].update(max_steps=4, batch_size=4, learning_rate=0.05)
-    assert_two_processes_match_one(recipe, write_recipe, tmp_path)
+    assert_two_processes_match_one(recipe, write_recipe, tmp_path, launch_with_torchrun=True)
 
 
-def assert_two_processes_match_one(recipe, write_recipe, tmp_path):
-    """Train `recipe` (batch_size 4) in one process, then per-process batch 2 in two: same adapter."""
+def assert_two_processes_match_one(recipe, write_recipe, tmp_path, launch_with_torchrun: bool):
+    """Train `recipe` (batch_size 4) in one process, then per-process batch 2 in two (launched by
+    `train --nproc 2`, or by torchrun running the plain command): the same adapter."""
     single = CliRunner().invoke(main, ["train", str(write_recipe(recipe, "one.yaml")), "--output-dir",
                                        str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
     recipe["train"]["batch_size"] = 2  # per process: 2 processes x 2 = the same global batch of 4
-    command = [sys.executable, "-m", "asymtune.cli", "train", str(write_recipe(recipe, "two.yaml")),
-               "--output-dir", str(tmp_path / "two"), "--nproc", "2"]
+    train = ["train", str(write_recipe(recipe, "two.yaml")), "--output-dir", str(tmp_path / "two")]
+    if launch_with_torchrun:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "asymtune.cli", *train]
+    else:
+        command = [sys.executable, "-m", "asymtune.cli", *train, "--nproc", "2"]
     launched = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "distributed: 2 processes (gloo)" in launched.stderr and "data parallel: DDP over 2" in launched.stderr
