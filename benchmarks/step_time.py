@@ -10,6 +10,10 @@ Step = forward + backward + AdamW step; the median of --steps timed steps after 
 
   python benchmarks/step_time.py --model small --interleave         # CPU
   python benchmarks/step_time.py --model llama2-7b --device cuda    # GPU, bf16 random weights
+  python benchmarks/step_time.py --model llama2-7b --device cuda --quantize-4bit \
+      --variants peft_lora,asymtune_b_only                          # QLoRA: NF4 base (bitsandbytes)
+With --quantize-4bit every linear layer but the LM head becomes a bitsandbytes NF4 layer (double
+quantization, compute in the model dtype) and the fused path falls back to PEFT's forward.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     with torch.device(args.device):
         model = LlamaForCausalLM(SHAPES[args.model]).to(dtype)
     model.requires_grad_(False)
+    if args.quantize_4bit:
+        quantize_4bit(model, dtype, args.device)
     targets = TARGETS[args.targets]
     if variant == "frozen_bound":
         model.enable_input_require_grads()  # backward still computes dx through every layer
@@ -76,6 +82,25 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     model = lora.apply(model, spec)
     fused.enable(model)
     return model
+
+
+def quantize_4bit(model: torch.nn.Module, dtype: torch.dtype, device: str) -> None:
+    """Replace every nn.Linear except the LM head by a bitsandbytes NF4 layer (QLoRA's storage), in place."""
+    import bitsandbytes as bnb
+
+    head = model.get_output_embeddings()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child is head:
+                continue
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=dtype, compress_statistics=True, quant_type="nf4", device="meta")
+            layer.weight = bnb.nn.Params4bit(child.weight.data.to("cpu"), requires_grad=False,
+                                             compress_statistics=True, quant_type="nf4")
+            if child.bias is not None:
+                layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer.to(device))  # moving a Params4bit to its device quantizes it
+    model.is_loaded_in_4bit = True
 
 
 class Bench:
@@ -113,6 +138,7 @@ class Bench:
             "model": args.model,
             "device": torch.cuda.get_device_name() if self.cuda else "cpu",
             "dtype": "bfloat16" if self.cuda else "float32",
+            "base_weights": "nf4" if args.quantize_4bit else "dense",
             "batch": args.batch,
             "seq": args.seq,
             "targets": args.targets,
@@ -171,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
+    parser.add_argument("--quantize-4bit", action="store_true", help="NF4 base weights through bitsandbytes (QLoRA)")
     parser.add_argument(
         "--interleave",
         action="store_true",
