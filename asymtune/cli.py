@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import platform
 import signal
@@ -22,6 +23,8 @@ from asymtune.report import console, results, summary_table
 
 # Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|trl)(\.|$)")
+# Nor is bitsandbytes' note, at import on AVX512-BF16 CPUs, that an optional hub-fetched kernel is missing.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
