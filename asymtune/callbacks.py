@@ -27,7 +27,6 @@ class ProgressCallback(TrainerCallback):
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._task = None
-        self._training = False
         self._eval_progress: Progress | None = None
         self._eval_task = None
 
@@ -45,7 +44,6 @@ class ProgressCallback(TrainerCallback):
             console=console,
         )
         self._progress.start()
-        self._training = True
         self._task = self._progress.add_task("train", total=state.max_steps, unit="step", loss="-", lr="-")
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -66,12 +64,12 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._progress is not None:
             self._progress.stop()
-        self._training = False
+        self._progress = None  # evaluations after training get a display of their own
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if self._eval_progress is None:
             total = len(eval_dataloader) if eval_dataloader is not None else None
-            if self._training and self._progress is not None:
+            if self._progress is not None:  # training: a row in its display
                 self._eval_progress = self._progress
             else:
                 self._eval_progress = Progress(

@@ -26,4 +26,8 @@ def test_evaluation_batches_are_counted_alone_and_within_training(tmp_path):
     progress, counted = evaluate(callback, [1, 2], args, state)
     assert progress is callback._progress and counted.description == "evaluate" and counted.completed == 2
     assert [t.description for t in callback._progress.tasks] == ["train"]  # the eval row is gone again
+    training_display = callback._progress
     callback.on_train_end(args, state, TrainerControl())
+
+    progress, counted = evaluate(callback, [1, 2, 3, 4], args, state)  # after training: a display of its own
+    assert progress is not training_display and counted.completed == 4 and not progress.live.is_started
