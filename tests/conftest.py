@@ -27,6 +27,10 @@ from transformers import (
 
 from asymtune.data.formats import ALPACA_PROMPT_NO_INPUT, ALPACA_PROMPT_WITH_INPUT
 
+# Where device-sensitive tests run: always the CPU, and the GPU too when one is present (the device
+# machine checks the CUDA and bfloat16 paths this way; CI has no GPU).
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
 WORDS = (
     "the a building permit is required for new construction extensions and facade changes "
     "municipality committee grants permission to build under the planning act processing time "

@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import sft_recipe
+from conftest import DEVICES, sft_recipe
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
@@ -17,6 +17,7 @@ from asymtune.adapters.lora import apply, lora_layers
 from asymtune.cli import main
 from asymtune.recipe import AdapterSpec
 
+BF16_TOLERANCE = 2 * 2**-7  # two bfloat16 epsilons, relative
 B_ONLY = {"A": {"init": "orthogonal", "trainable": False}, "B": {"init": "zero", "trainable": True}}
 
 
@@ -42,16 +43,18 @@ def relative_error(actual, expected) -> float:
     return float((actual - expected).norm() / expected.norm())
 
 
-def batch():
+def batch(device: str = "cpu"):
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(2, 9, 32, generator=generator), torch.randint(0, 100, (2, 9), generator=generator)
+    embeds, labels = torch.randn(2, 9, 32, generator=generator), torch.randint(0, 100, (2, 9), generator=generator)
+    return embeds.to(device), labels.to(device)
 
 
-def test_fused_matches_peft_outputs_db_and_dx_in_float32(tiny_llama):
-    reference = b_only_model(tiny_llama)
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_matches_peft_outputs_db_and_dx_in_float32(tiny_llama, device):
+    reference = b_only_model(tiny_llama).to(device)
     candidate = copy.deepcopy(reference)
     assert fused.enable(candidate) == 14  # 7 linear layers x 2 blocks
-    embeds, labels = batch()
+    embeds, labels = batch(device)
     logits, dx, grads = forward_backward(reference, embeds, labels)
     fused_logits, fused_dx, fused_grads = forward_backward(candidate, embeds, labels)
     assert grads.keys() == fused_grads.keys() and all("lora_B" in name for name in grads)
@@ -60,10 +63,12 @@ def test_fused_matches_peft_outputs_db_and_dx_in_float32(tiny_llama):
         assert relative_error(fused_grads[name], grad) < 1e-5
 
 
-def test_fused_bfloat16_is_as_accurate_as_peft_bfloat16(tiny_llama):
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_bfloat16_is_as_accurate_as_peft_bfloat16(tiny_llama, device):
     """PEFT runs the adapter in float32 inside a bf16 model, the fused path in bf16 (the activation dtype):
-    both are compared with a float32 computation on the same (bf16-valued) weights."""
-    peft_bf16 = b_only_model(tiny_llama)
+    both are compared with a float32 computation on the same (bf16-valued) weights. The fused path is
+    within two bf16 epsilons (2 x 2^-7, relative) of it, or as close as PEFT."""
+    peft_bf16 = b_only_model(tiny_llama).to(device)
     peft_bf16.base_model.model.to(torch.bfloat16)
     for module in peft_bf16.modules():  # keep the adapter factors in float32, as PEFT's autocast does
         if hasattr(module, "lora_A"):
@@ -72,43 +77,64 @@ def test_fused_bfloat16_is_as_accurate_as_peft_bfloat16(tiny_llama):
     truth = copy.deepcopy(peft_bf16).float()
     fused_bf16 = copy.deepcopy(peft_bf16)
     fused.enable(fused_bf16)
-    embeds, labels = batch()
+    embeds, labels = batch(device)
     expected = forward_backward(truth, embeds, labels)
     peft_result = forward_backward(peft_bf16, embeds.bfloat16(), labels)
     fused_result = forward_backward(fused_bf16, embeds.bfloat16(), labels)
     for index in (0, 1):  # logits, dx
         peft_error = relative_error(peft_result[index], expected[index])
-        assert relative_error(fused_result[index], expected[index]) <= 1.5 * peft_error + 1e-3
+        assert relative_error(fused_result[index], expected[index]) <= max(1.5 * peft_error, BF16_TOLERANCE)
     for name, grad in expected[2].items():
         assert fused_result[2][name].dtype == torch.float32  # B's master copy stays float32
         peft_error = relative_error(peft_result[2][name], grad)
-        assert relative_error(fused_result[2][name], grad) <= 1.5 * peft_error + 1e-3
+        assert relative_error(fused_result[2][name], grad) <= max(1.5 * peft_error, BF16_TOLERANCE)
 
 
-def test_dropout_mask_is_regenerated_exactly_in_backward():
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_runs_under_autocast_like_peft(tiny_llama, device):
+    """The Trainer's bf16 mixed precision: float32 weights, matmuls autocast to bf16 (GPU training's default)."""
+    reference = b_only_model(tiny_llama).to(device)
+    candidate = copy.deepcopy(reference)
+    fused.enable(candidate)
+    truth = forward_backward(reference, *batch(device))
+    with torch.autocast(device, dtype=torch.bfloat16):
+        peft_result = forward_backward(reference, *batch(device))
+        fused_result = forward_backward(candidate, *batch(device))
+    for index in (0, 1):  # logits, dx
+        peft_error = relative_error(peft_result[index], truth[index])
+        assert relative_error(fused_result[index], truth[index]) <= max(1.5 * peft_error, BF16_TOLERANCE)
+    for name, grad in truth[2].items():
+        assert fused_result[2][name].dtype == torch.float32
+        peft_error = relative_error(peft_result[2][name], grad)
+        assert relative_error(fused_result[2][name], grad) <= max(1.5 * peft_error, BF16_TOLERANCE)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_mask_is_regenerated_exactly_in_backward(device):
     torch.manual_seed(0)
     base = nn.Linear(24, 16)
     layer = get_peft_model(
         nn.Sequential(base), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["0"])
-    ).base_model.model[0]
-    a = layer.lora_A["default"]
+    ).base_model.model[0].to(device)
+    a, b = layer.lora_A["default"], layer.lora_B["default"]
     a.weight.requires_grad_(False)
-    nn.init.normal_(layer.lora_B["default"].weight)
-    x = torch.randn(5, 24, requires_grad=True)
+    nn.init.normal_(b.weight)
+    x = torch.randn(5, 24, device=device, requires_grad=True)
 
-    torch.manual_seed(123)
-    y = fused.FrozenALoRA.apply(x, base.weight, base.bias, a.weight, layer.lora_B["default"].weight, 2.0, 0.3)
+    torch.manual_seed(123)  # seeds the CUDA generators too
+    y = fused.FrozenALoRA.apply(x, base.weight, base.bias, 2.0 * a.weight, b.weight, 0.3)
+    torch.randn(100, device=device)  # other draws between forward and backward must not change the mask
     y.sum().backward()
-    fused_dx, fused_db = x.grad.clone(), layer.lora_B["default"].weight.grad.clone()
+    fused_dx, fused_db = x.grad.clone(), b.weight.grad.clone()
 
-    x.grad, layer.lora_B["default"].weight.grad = None, None
+    x.grad, b.weight.grad = None, None
     torch.manual_seed(123)
     mask = torch.empty_like(x).bernoulli_(0.7).div_(0.7)  # the same draw the fused forward makes
-    reference = base(x) + 2.0 * (x * mask) @ a.weight.T @ layer.lora_B["default"].weight.T
+    reference = base(x) + 2.0 * (x * mask) @ a.weight.T @ b.weight.T
     reference.sum().backward()
     torch.testing.assert_close(y, reference)
     torch.testing.assert_close(fused_dx, x.grad)
-    torch.testing.assert_close(fused_db, layer.lora_B["default"].weight.grad)
+    torch.testing.assert_close(fused_db, b.weight.grad)
     assert 0 < (mask == 0).float().mean() < 0.6  # dropout really dropped something
 
 
@@ -153,14 +179,15 @@ def test_merged_and_disabled_adapters_fall_back_and_agree(tiny_llama):
     assert not torch.allclose(base, plain)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
-    reference = b_only_model(tiny_llama)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama, device):
+    reference = b_only_model(tiny_llama).to(device)
     candidate = copy.deepcopy(reference)
     fused.enable(candidate)
     candidate.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     candidate.train()
     reference.train()
-    embeds, labels = torch.randn(2, 7, 32), torch.randint(0, 100, (2, 7))
+    embeds, labels = batch(device)
     _, _, grads = forward_backward(reference, embeds, labels)
     _, _, fused_grads = forward_backward(candidate, embeds, labels)
     for name, grad in grads.items():

@@ -1,14 +1,20 @@
 """QLoRA: the tiny Llama loaded in 4 bits by bitsandbytes (its kernels run on the CPU), B-only trained on top."""
 
 import json
+from unittest import mock
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import save_tiny_model, sft_recipe
+from peft.tuners.lora import bnb as peft_bnb
 from safetensors.torch import load_file
+from test_fused import B_ONLY, forward_backward, relative_error
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from asymtune import recipe as recipes
+from asymtune.adapters import fused
+from asymtune.adapters.lora import apply, lora_layers
 from asymtune.cli import main
 from asymtune.models import load_causal_lm, parameter_count
 from asymtune.runs import expand
@@ -30,7 +36,7 @@ def test_qlora_b_only_trains_on_a_4_bit_base(llama_64_dir, alpaca_file, write_re
     recipe["model"].update(dtype="float32", quantization={"bits": 4})
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    assert "fused frozen-A path off: the base is quantized" in result.output
+    assert "fused frozen-A path on 4 LoRA layers (adapter branch; the quantized base" in result.output
     [run] = expand([str(tmp_path / "runs")])
     steps = [json.loads(line) for line in run.log_file.read_text().splitlines() if '"grad_norm"' in line]
     assert steps and all(step["grad_norm"] > 0 for step in steps)
@@ -40,6 +46,32 @@ def test_qlora_b_only_trains_on_a_4_bit_base(llama_64_dir, alpaca_file, write_re
     assert metrics["parameters"]["trainable_A"] == 0 and metrics["parameters"]["trainable_B"] > 0
     weights = load_file(run.adapter_dir / "adapter_model.safetensors")
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)
+
+
+def test_fused_adapter_branch_over_a_4_bit_base_matches_peft(llama_64_dir, alpaca_file):
+    """Over bitsandbytes' Linear4bit only the adapter branch is fused: outputs, dx and dB equal PEFT's."""
+    spec = recipes.Recipe.model_validate(
+        {**sft_recipe(llama_64_dir, alpaca_file), "model": {"name": str(llama_64_dir), "dtype": "float32",
+                                                            "quantization": {}}}
+    ).model
+    model, _ = load_causal_lm(spec, log=lambda _: None)
+    peft_model = apply(model, recipes.AdapterSpec(rank=4, targets="all-linear", **B_ONLY), task_type="CAUSAL_LM")
+    with torch.no_grad():  # a trained-looking, non-zero B
+        for _, layer in lora_layers(peft_model):
+            weight = layer.lora_B["default"].weight
+            weight.copy_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    device = peft_model.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(1)
+    embeds, labels = torch.randn(2, 9, 64, generator=generator), torch.randint(0, 100, (2, 9), generator=generator)
+    logits, dx, grads = forward_backward(peft_model, embeds.to(device), labels.to(device))
+
+    assert fused.enable(peft_model) == 14  # 7 quantized linear layers x 2 blocks
+    with mock.patch.object(peft_bnb.Linear4bit, "forward", side_effect=AssertionError("PEFT's forward ran")):
+        fused_logits, fused_dx, fused_grads = forward_backward(peft_model, embeds.to(device), labels.to(device))
+    assert grads.keys() == fused_grads.keys() and all("lora_B" in name for name in grads)
+    assert relative_error(fused_logits, logits) < 1e-5 and relative_error(fused_dx, dx) < 1e-5
+    for name, grad in grads.items():
+        assert relative_error(fused_grads[name], grad) < 1e-5
 
 
 def test_quantized_load_is_4_bit_nf4_with_double_quantization(llama_64_dir, alpaca_file):

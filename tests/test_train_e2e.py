@@ -29,7 +29,8 @@ def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, wri
     assert run.status == "completed"
     assert yaml.safe_load((run.path / "recipe.yaml").read_text())["adapter"]["alpha"] is None
     env = run.read_json("env.json")
-    assert env["versions"]["peft"] and env["seed"] == 0 and env["argv"] and env["device"] == "cpu"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    assert env["versions"]["peft"] and env["seed"] == 0 and env["argv"] and env["device"] == device
 
     metrics = run.read_json("metrics.json")
     assert metrics["train_steps"] == 4

@@ -1,19 +1,24 @@
 """A fused forward/backward for LoRA layers whose A is frozen (B-only training).
 
-With A frozen, backward needs only h = x·Aᵀ (r wide), never x itself:
+With A frozen, backward needs only h = x·(sA)ᵀ (r wide), never x itself:
 
-    forward   y  = x·W0ᵀ (+ bias) + s·h·Bᵀ,          h = drop(x)·Aᵀ
-    backward  dB = s·dyᵀ·h
-              dx = dy·W0 + s·((dy·B)·A) ⊙ mask/(1-p)
+    forward   y  = (h·Bᵀ + bias) + x·W0ᵀ,            h = drop(x)·(sA)ᵀ
+    backward  dB = dyᵀ·h
+              dx = ((dy·B)·(sA)) ⊙ mask/(1-p) + dy·W0
 
-Two GEMMs and an in-place addmm each way, saving only h (and, with dropout, the RNG state that
-regenerates the mask in backward instead of storing it). B's parameter stays float32 (the
-optimizer's master copy); the math runs in the activation dtype.
+The scale s is folded into A, which is cast to the activation dtype once and cached (A never
+changes). Each direction's large GEMM (x·W0ᵀ, dy·W0) accumulates onto the adapter's rank-r product
+through cuBLAS's beta = 1 epilogue, so the only extra full-size memory traffic is that product's
+write, the read of x for h and the two reads of dy. Saves only h (and, with dropout, the RNG state
+that regenerates the mask in backward instead of storing it). B's parameter stays float32 (the
+optimizer's master copy); the math runs in the activation dtype. Over a bitsandbytes (4/8-bit)
+base layer, the base runs its own kernel and backward, and only the adapter branch is fused.
 
-`enable(model)` swaps the forward of every PEFT `lora.Linear` layer; each call checks the
+`enable(model)` swaps the forward of every PEFT `lora.Linear` layer (and PEFT's bitsandbytes ones); each call checks the
 conditions again and falls back to PEFT's forward (logging the reason once per layer) when A is
 trainable, weights are merged, adapters are disabled or several are active, the base layer is
-not a plain trainable-free `nn.Linear`, or a LoRA variant (DoRA, ...) is in use.
+neither a plain `nn.Linear` nor a bitsandbytes layer, its weights train, or a LoRA variant (DoRA, ...)
+is in use.
 """
 
 from __future__ import annotations
@@ -47,41 +52,62 @@ def _dropout_mask(like: torch.Tensor, keep: float, state: torch.Tensor | None) -
 
 
 class FrozenALoRA(torch.autograd.Function):
-    """y = x·W0ᵀ + bias + s·(drop(x)·Aᵀ)·Bᵀ with only B trainable; saves h = drop(x)·Aᵀ."""
+    """y = h·Bᵀ + bias + x·W0ᵀ with h = drop(x)·(sA)ᵀ and only B trainable; saves h.
+
+    `scaled_a` is s·A in x's dtype (see `scaled_a`); `lora_b` is B in any float dtype. With `weight`
+    None, the adapter branch alone (h·Bᵀ + bias): the base layer then runs outside (quantized)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scale: float, dropout: float):
+    def forward(ctx, x, weight, bias, scaled_a, lora_b, dropout: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        a = lora_a.to(x.dtype)
         b = lora_b.to(x.dtype)
         state = None
         if dropout > 0:
             state = _rng_state(x.device)
-            h = (x2 * _dropout_mask(x2, 1.0 - dropout, None)) @ a.T
+            h = (x2 * _dropout_mask(x2, 1.0 - dropout, None)) @ scaled_a.T
         else:
-            h = x2 @ a.T
-        w = weight.to(x.dtype)
-        y = torch.addmm(bias.to(x.dtype), x2, w.T) if bias is not None else x2 @ w.T
-        y.addmm_(h, b.T, alpha=scale)
-        ctx.save_for_backward(weight, lora_a, lora_b, h)
-        ctx.scale, ctx.dropout, ctx.state, ctx.x_shape, ctx.x_dtype = scale, dropout, state, shape, x.dtype
-        return y.view(*shape[:-1], weight.shape[0])
+            h = x2 @ scaled_a.T
+        y = torch.addmm(bias.to(x.dtype), h, b.T) if bias is not None else h @ b.T
+        if weight is not None:
+            y.addmm_(x2, weight.to(x.dtype).T)  # the large GEMM adds the adapter's output in its epilogue
+        ctx.save_for_backward(weight, scaled_a, b, h)
+        ctx.dropout, ctx.state, ctx.x_shape, ctx.b_dtype = dropout, state, shape, lora_b.dtype
+        return y.view(*shape[:-1], b.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
-        weight, lora_a, lora_b, h = ctx.saved_tensors
+        weight, scaled_a, b, h = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
         grad_x = grad_b = None
         if ctx.needs_input_grad[4]:
-            grad_b = (dy2.T @ h.to(dy.dtype)).mul_(ctx.scale).to(lora_b.dtype)
+            grad_b = (dy2.T @ h).to(ctx.b_dtype)
         if ctx.needs_input_grad[0]:
-            through_adapter = (dy2 @ lora_b.to(dy.dtype)) @ lora_a.to(dy.dtype)
+            through_adapter = (dy2 @ b) @ scaled_a
             if ctx.dropout > 0:
                 through_adapter.mul_(_dropout_mask(through_adapter, 1.0 - ctx.dropout, ctx.state))
-            grad_x = torch.addmm(through_adapter, dy2, weight.to(dy.dtype), alpha=1.0, beta=ctx.scale)
-            grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, None, None, None, grad_b, None, None
+            if weight is not None:
+                through_adapter.addmm_(dy2, weight.to(dy.dtype))
+            grad_x = through_adapter.view(ctx.x_shape)
+        return grad_x, None, None, None, grad_b, None
+
+
+def scaled_a(layer: LoraLinear, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """s·A of adapter `name` in `dtype`, made once and reused while A (frozen) stays the same tensor."""
+    a = layer.lora_A[name].weight
+    scale = layer.scaling[name]
+    key = (dtype, scale, a.device, a.data_ptr(), a._version)
+    cached = layer.__dict__.get("_asymtune_scaled_a")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, (a * scale).to(dtype))
+        layer._asymtune_scaled_a = cached
+    return cached[1]
+
+
+def is_bitsandbytes(layer: nn.Module) -> bool:
+    """Whether `layer` is a bitsandbytes quantized linear layer (Linear4bit, Linear8bitLt)."""
+    return type(layer).__module__.split(".")[0] == "bitsandbytes"
 
 
 def fallback_reason(layer: LoraLinear) -> str | None:
@@ -100,8 +126,8 @@ def fallback_reason(layer: LoraLinear) -> str | None:
         return f"LoRA variant {type(layer.lora_variant[name]).__name__}"
     if layer.lora_A[name].weight.requires_grad:
         return "A is trainable"
-    if type(base) is not nn.Linear:
-        return f"base layer is {type(base).__name__}, not nn.Linear (quantized or custom)"
+    if type(base) is not nn.Linear and not is_bitsandbytes(base):
+        return f"base layer is {type(base).__name__}, neither nn.Linear nor a bitsandbytes layer"
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return "base weights are trainable"
     dropout = layer.lora_dropout[name]
@@ -116,21 +142,37 @@ def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any)
         if reason not in self._asymtune_fallbacks_logged:
             self._asymtune_fallbacks_logged.add(reason)
             logger.info("fused frozen-A path off for %s: %s; using PEFT's forward", self._asymtune_name, reason)
-        return LoraLinear.forward(self, x, *args, **kwargs)
+        return type(self).forward(self, x, *args, **kwargs)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):  # mixed precision: compute in autocast's dtype, as nn.Linear would
+        x = x.to(torch.get_autocast_dtype(device_type))
+        with torch.autocast(device_type, enabled=False):
+            return _fused_call(self, x)
+    return _fused_call(self, x)
+
+
+def _fused_call(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+    """The fused layer in x's dtype (the caller has settled the dtype)."""
     name = self.active_adapters[0]
     base = self.get_base_layer()
     dropout = self.lora_dropout[name]
     p = dropout.p if isinstance(dropout, nn.Dropout) and self.training else 0.0
-    return FrozenALoRA.apply(
-        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], p
-    )
+    adapter = (scaled_a(self, name, x.dtype), self.lora_B[name].weight, p)
+    if is_bitsandbytes(base):  # the quantized base runs (and differentiates) its own kernel
+        return base(x) + FrozenALoRA.apply(x, None, None, *adapter)
+    return FrozenALoRA.apply(x, base.weight, base.bias, *adapter)
+
+
+def is_peft_linear(module: nn.Module) -> bool:
+    """PEFT's LoRA layer over a linear base: `lora.Linear`, or its bitsandbytes 4/8-bit classes."""
+    return isinstance(module, LoraLinear) or type(module).__module__ == "peft.tuners.lora.bnb"
 
 
 def enable(model: nn.Module) -> int:
-    """Route every PEFT lora.Linear of `model` through the fused path; return how many layers."""
+    """Route every PEFT LoRA linear layer of `model` through the fused path; return how many layers."""
     count = 0
     for name, module in model.named_modules():
-        if isinstance(module, LoraLinear):
+        if is_peft_linear(module):
             module._asymtune_name = name
             module._asymtune_fallbacks_logged = set()
             module.forward = types.MethodType(_fused_forward, module)
@@ -140,11 +182,11 @@ def enable(model: nn.Module) -> int:
 
 def enabled_count(model: nn.Module) -> int:
     """How many layers `enable` routed through the fused path."""
-    return sum(1 for m in model.modules() if isinstance(m, LoraLinear) and "forward" in m.__dict__)
+    return sum(1 for m in model.modules() if is_peft_linear(m) and "forward" in m.__dict__)
 
 
 def disable(model: nn.Module) -> None:
     """Restore PEFT's forward on every layer `enable` touched."""
     for module in model.modules():
-        if isinstance(module, LoraLinear) and "forward" in module.__dict__:
+        if is_peft_linear(module) and "forward" in module.__dict__:
             del module.forward

@@ -93,7 +93,8 @@ def prepare_model(
 ) -> tuple[nn.Module, ParameterCounts]:
     """Apply `recipe.adapter` to `model`, print its parameter table (and the fused layers), return both."""
     base = parameter_count(model)
-    if getattr(model, "is_quantized", False):  # QLoRA: norms in float32, gradients reach the adapter's inputs
+    model_is_quantized = getattr(model, "is_quantized", False)
+    if model_is_quantized:  # QLoRA: norms in float32, gradients reach the adapter's inputs
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
     adapted = methods.build(model, recipe.adapter, task_type, methods.planned_steps(recipe, train_rows), heads)
     counts = methods.count(adapted, recipe.adapter, base)
@@ -101,10 +102,10 @@ def prepare_model(
     layers = fused.enabled_count(adapted)
     spec = recipe.adapter
     if layers:
-        console.print(f"fused frozen-A path on {layers} LoRA layers")
+        over = " (adapter branch; the quantized base runs bitsandbytes' kernel)" if model_is_quantized else ""
+        console.print(f"fused frozen-A path on {layers} LoRA layers{over}")
     elif spec.method == "lora" and spec.fused and not spec.A.trainable:
-        why = "the base is quantized" if getattr(model, "is_quantized", False) else "no target is an nn.Linear"
-        console.print(f"fused frozen-A path off: {why}; PEFT's LoRA forward is used")
+        console.print("fused frozen-A path off: no target is an nn.Linear; PEFT's LoRA forward is used")
     return adapted, counts
 
 
