@@ -3,10 +3,14 @@
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import corpus, sft_recipe, write_jsonl
+from transformers import RobertaForSequenceClassification
 
+from asymtune.adapters import methods
 from asymtune.cli import main
+from asymtune.recipe import AdapterSpec
 from asymtune.runs import expand
 
 pytestmark = pytest.mark.slow
@@ -85,3 +89,14 @@ def test_sft_full_fine_tuning_saves_the_model(tiny_llama_dir, alpaca_file, write
     [run] = expand([str(tmp_path / "runs")])
     params = run.read_json("metrics.json")["parameters"]
     assert params["trainable"] == params["base"] and (run.model_dir / "config.json").is_file()
+
+
+def test_adalora_on_a_bfloat16_base_trains_only_its_factors_and_singular_values(tiny_roberta_dir):
+    """PEFT turns AdaLoRA's constant ranknum into a trainable parameter when it casts a bf16 model's adapter
+    (what a GPU run loads): it stays frozen, and the count is A, B and E again."""
+    model = RobertaForSequenceClassification.from_pretrained(tiny_roberta_dir, dtype=torch.bfloat16, num_labels=2)
+    spec = AdapterSpec(method="adalora", **BASE_RANKED)
+    adapted = methods.build(model, spec, "SEQ_CLS", total_steps=10)
+    trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
+    assert trainable and not [name for name in trainable if "ranknum" in name]
+    assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == 4 * (4 * 32 + 32 * 4 + 4) + HEAD

@@ -73,9 +73,12 @@ def build(
         peft_model = get_peft_model(model, config)
     except ValueError as error:
         raise lora.AdapterError(f"adapter.method {spec.method}: {str(error).splitlines()[0]}") from None
-    if spec.method == "lora_fa":  # LoRA-FA keeps A frozen (its optimizer reads A to project B's gradient)
+    # LoRA-FA keeps A frozen (its optimizer reads A to project B's gradient). AdaLoRA's ranknum is a
+    # constant; PEFT re-wraps it as a trainable parameter when it casts the adapter of a bf16/fp16 base.
+    frozen = {"lora_fa": ".lora_A.", "adalora": ".ranknum."}.get(spec.method)
+    if frozen:
         for name, param in peft_model.named_parameters():
-            if "lora_A" in name:
+            if frozen in name:
                 param.requires_grad_(False)
     return peft_model
 
