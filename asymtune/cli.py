@@ -92,8 +92,8 @@ def train(
 
     runners = {"sft": sft.run, "classification": classification.run, "seq2seq": seq2seq.run, "image": image.run}
     task_runner = runners[recipe.task]
-    # Problems with what the user gave us (data, model, targets): one message, exit 2.
-    input_errors = (AdapterError, AssetError, DataError, ModelLoadError)
+    # Problems with what the user gave us (data, model, targets, launcher): one message, exit 2.
+    input_errors = (AdapterError, AssetError, DataError, ModelLoadError, distributed.LaunchError)
     if resume_dir is None:
         run = distributed.shared_run_dir(lambda: new_run(recipe, Path(output_dir)))
     else:

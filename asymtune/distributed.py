@@ -12,6 +12,10 @@ from pathlib import Path
 from asymtune.runs import RunDir
 
 
+class LaunchError(Exception):
+    """The launcher's configuration (accelerate config, torchrun flags) cannot run this training."""
+
+
 def world_size() -> int:
     """Processes in this training job, from the launcher's environment (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

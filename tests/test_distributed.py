@@ -3,8 +3,11 @@ the same global batch, one run folder written by rank 0."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from click.testing import CliRunner
 from conftest import save_tiny_model, sft_recipe, write_jsonl
 from safetensors.torch import load_file
@@ -13,6 +16,8 @@ from transformers import RobertaConfig, RobertaModel
 
 from asymtune.cli import main
 from asymtune.runs import expand
+
+FSDP_CONFIG = Path(__file__).parents[1] / "examples" / "accelerate_fsdp.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +76,57 @@ def assert_two_processes_match_one(recipe, write_recipe, tmp_path, launch_with_t
     assert a.keys() == b.keys()
     assert any(w.abs().sum() > 0 for k, w in a.items() if "lora_B" in k)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+ONLY_ON_A_GPU = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="accelerate runs FSDP on GPUs only (run on the device machine)"
+)
+
+
+def launch_fsdp(recipe_path: Path, tmp_path: Path, **fsdp_config) -> subprocess.CompletedProcess:
+    """`accelerate launch` the shipped FSDP config (with `fsdp_config` overrides) on one GPU."""
+    config = yaml.safe_load(FSDP_CONFIG.read_text())
+    config["fsdp_config"].update(fsdp_config)
+    config_file = tmp_path / "fsdp.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file), "-m",
+               "asymtune.cli", "train", str(recipe_path), "--output-dir", str(tmp_path / "fsdp")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@ONLY_ON_A_GPU
+def test_fsdp_on_a_gpu_trains_and_saves_the_adapter_plain_training_gives(
+    tiny_llama_dir, alpaca_file, write_recipe, tmp_path
+):
+    """The shipped accelerate FSDP2 config: the log says FSDP, and the adapter rank 0 writes from the
+    gathered state dict is the one a plain single-GPU run writes."""
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["model"]["dtype"] = "float32"
+    recipe["train"].update(max_steps=4, batch_size=4, learning_rate=0.05)
+    path = write_recipe(recipe)
+    single = CliRunner().invoke(main, ["train", str(path), "--output-dir", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+
+    launched = launch_fsdp(path, tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "data parallel: FSDP over 1" in launched.stderr + launched.stdout
+
+    [one], [fsdp] = expand([str(tmp_path / "one")]), expand([str(tmp_path / "fsdp")])
+    assert fsdp.status == "completed"
+    a = load_file(one.adapter_dir / "adapter_model.safetensors")
+    b = load_file(fsdp.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert any(w.abs().sum() > 0 for k, w in b.items() if "lora_B" in k)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+@ONLY_ON_A_GPU
+def test_fsdp1_is_refused_before_training_with_the_fix(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    path = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))
+    launched = launch_fsdp(path, tmp_path, fsdp_version=1, fsdp_reshard_after_forward="FULL_SHARD",
+                           fsdp_use_orig_params=True)
+    assert launched.returncode != 0
+    assert "error: accelerate config: FSDP1 (fsdp_version: 1)" in launched.stderr + launched.stdout
+    [run] = expand([str(tmp_path / "fsdp")])
+    assert run.status == "failed" and "set fsdp_version: 2" in run.read_json("status.json")["error"]
+    assert not (run.path / "checkpoints").exists() or not any((run.path / "checkpoints").iterdir())

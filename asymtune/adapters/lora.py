@@ -110,10 +110,13 @@ def freeze_factors(peft_model: PeftModel, spec: AdapterSpec, adapter_name: str =
                 _weight_to_buffer(container[adapter_name])
 
 
-def save_adapter(peft_model: PeftModel, spec: AdapterSpec, adapter_dir: Path) -> None:
-    """PEFT's `save_pretrained` plus the factor spec (so `load_adapter` can restore the freeze), atomically."""
+def save_adapter(
+    peft_model: PeftModel, spec: AdapterSpec, adapter_dir: Path, state_dict: dict | None = None
+) -> None:
+    """PEFT's `save_pretrained` (from `state_dict` when given: FSDP's gathered one) plus the factor spec
+    (so `load_adapter` can restore the freeze), atomically."""
     with atomic.directory(adapter_dir) as scratch:
-        peft_model.save_pretrained(str(scratch))
+        peft_model.save_pretrained(str(scratch), state_dict=state_dict)
         (scratch / ADAPTER_SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
 
 

@@ -118,14 +118,18 @@ def callbacks(model: nn.Module, spec: AdapterSpec) -> list[TrainerCallback]:
     return [AdaLoraBudgetCallback(model)] if spec.method == "adalora" else []
 
 
-def save(model: nn.Module, recipe: Recipe, adapter_dir: Path, model_dir: Path) -> None:
-    """PEFT methods write adapter_dir (PEFT format); full and linear_probe write the whole model."""
+def save(
+    model: nn.Module, recipe: Recipe, adapter_dir: Path, model_dir: Path, state_dict: dict | None = None
+) -> None:
+    """PEFT methods write adapter_dir (PEFT format); full and linear_probe write the whole model.
+
+    `state_dict`: the model's full state dict when `model`'s own parameters are shards (FSDP)."""
     spec = recipe.adapter
     if spec.method == "lora":
-        lora.save_adapter(model, spec, adapter_dir)
+        lora.save_adapter(model, spec, adapter_dir, state_dict)
     elif spec.method in ("full", "linear_probe"):
         with atomic.directory(model_dir) as scratch:
-            model.save_pretrained(scratch)
+            model.save_pretrained(scratch, state_dict=state_dict)
     else:
         with atomic.directory(adapter_dir) as scratch:
-            model.save_pretrained(str(scratch))
+            model.save_pretrained(str(scratch), state_dict=state_dict)

@@ -21,6 +21,7 @@ from asymtune.callbacks import (
     graceful_stop,
 )
 from asymtune.checkpoints import MarkCheckpointComplete
+from asymtune.distributed import LaunchError
 from asymtune.models import parameter_count
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
@@ -73,9 +74,14 @@ def train(trainer: Trainer, run: RunDir) -> TrainOutput:
 
     training_loss is the mean per-step loss over the whole run, the steps before the resume included.
     Raises TrainingInterrupted when a signal stopped training (a checkpoint was written first)."""
+    if trainer.is_fsdp_enabled and not trainer.accelerator.is_fsdp2:
+        raise LaunchError(
+            "accelerate config: FSDP1 (fsdp_version: 1) fails to gather a PEFT adapter's state dict at the end of "
+            "training; set fsdp_version: 2 (see examples/accelerate_fsdp.yaml)"
+        )
     resumed = run.resume_from
     trainer.add_callback(MarkCheckpointComplete(trainer, resumed))
-    if trainer.args.world_size > 1:
+    if trainer.args.world_size > 1 or trainer.is_fsdp_enabled:
         mode = "FSDP" if trainer.is_fsdp_enabled else "DDP"
         console.print(f"data parallel: {mode} over {trainer.args.world_size} processes")
         run.append_log({"event": "distributed", "mode": mode, "world_size": trainer.args.world_size})
@@ -109,11 +115,16 @@ def prepare_model(
     return adapted, counts
 
 
-def evaluate_before_training(trainer: Trainer) -> dict[str, float]:
+def evaluate_before_training(trainer: Trainer) -> dict[str, float] | None:
     """`trainer.evaluate()` on the untrained model, leaving it free to be wrapped for training.
 
     Accelerate marks a model it prepared for evaluation as prepared; `train()` then skips the DDP
-    wrapper, so under several processes each would silently train on its own shard. Undo the mark."""
+    wrapper, so under several processes each would silently train on its own shard. Undo the mark.
+    Under FSDP the model is sharded together with its optimizer when training starts, so there is
+    no evaluation before it (None)."""
+    if trainer.is_fsdp_enabled:
+        console.print("step 0: no evaluation before training under FSDP (the model is sharded when training starts)")
+        return None
     metrics = trainer.evaluate()
     model = trainer.model
     if getattr(model, "_is_accelerate_prepared", False):
@@ -123,10 +134,13 @@ def evaluate_before_training(trainer: Trainer) -> dict[str, float]:
     return metrics
 
 
-def save_trained(model: nn.Module, recipe: Recipe, run: RunDir) -> None:
-    """The adapter (or, for full/linear_probe, the model) into the run folder; rank 0 only."""
+def save_trained(trainer: Trainer, model: nn.Module, recipe: Recipe, run: RunDir) -> None:
+    """The adapter (or, for full/linear_probe, the model) into the run folder; rank 0 writes.
+
+    Under FSDP each rank holds a shard: every rank first takes part in gathering the full state dict."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if run.writes:
-        methods.save(model, recipe, run.adapter_dir, run.model_dir)
+        methods.save(model, recipe, run.adapter_dir, run.model_dir, state_dict)
 
 
 def training_metrics(result, first_step: TimeToFirstStepCallback, train_rows: int) -> dict[str, Any]:

@@ -190,7 +190,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     )
     trainer.remove_callback(PrinterCallback)
     result = train(trainer, run)
-    save_trained(peft_model, recipe, run)
+    save_trained(trainer, peft_model, recipe, run)
 
     metrics: dict[str, Any] = {
         **training_metrics(result, first_step, len(train_set)),

@@ -140,7 +140,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     )
     trainer.remove_callback(PrinterCallback)
     result = train(trainer, run)
-    save_trained(peft_model, recipe, run)
+    save_trained(trainer, peft_model, recipe, run)
 
     def evaluate(items: list[tuple[Path, int]], name: str) -> float:
         return trainer.evaluate(eval_dataset=ImageItems(items, processor), metric_key_prefix=name)[f"{name}_accuracy"]

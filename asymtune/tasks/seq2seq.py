@@ -128,7 +128,7 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     )
     trainer.remove_callback(PrinterCallback)
     result = train(trainer, run)
-    save_trained(peft_model, recipe, run)
+    save_trained(trainer, peft_model, recipe, run)
 
     predictions = generate(peft_model, tokenizer, eval_pairs[source], recipe)
     references = eval_pairs[target]

@@ -120,10 +120,11 @@ def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     before = None
     if eval_set is not None:
         eval_started = time.perf_counter()
-        before = evaluate_before_training(trainer)["eval_loss"]
+        untrained = evaluate_before_training(trainer)
+        before = untrained["eval_loss"] if untrained else None
         first_step.exclude(time.perf_counter() - eval_started)
     result = train(trainer, run)
-    save_trained(peft_model, recipe, run)
+    save_trained(trainer, peft_model, recipe, run)
 
     tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
     runtime = result.metrics.get("train_runtime")
