@@ -13,7 +13,8 @@ Step = forward + backward + AdamW step; the median of --steps timed steps after 
   python benchmarks/step_time.py --model llama2-7b --device cuda --quantize-4bit \
       --variants peft_lora,asymtune_b_only                          # QLoRA: NF4 base (bitsandbytes)
 With --quantize-4bit every linear layer but the LM head becomes a bitsandbytes NF4 layer (double
-quantization, compute in the model dtype) and the fused path falls back to PEFT's forward.
+quantization, compute in the model dtype) and the fused path fuses the adapter branch only.
+GPU peak memory counts from the end of the model's build (weights, optimizer state, the steps).
 """
 
 from __future__ import annotations
@@ -59,8 +60,13 @@ VARIANTS = ("frozen_bound", "peft_lora", "peft_lora_a_frozen", "asymtune_b_only"
 def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    with torch.device(args.device):
-        model = LlamaForCausalLM(SHAPES[args.model]).to(dtype)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: a float32 7B first would not fit beside the rest
+    try:
+        with torch.device(args.device):
+            model = LlamaForCausalLM(SHAPES[args.model])
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)
     if args.quantize_4bit:
         quantize_4bit(model, dtype, args.device)
@@ -117,6 +123,8 @@ class Bench:
         self.tokens = torch.randint(0, vocab, (args.batch, args.seq), generator=generator).to(args.device)
         self.cuda = args.device.startswith("cuda")
         self.times: list[float] = []
+        if self.cuda:  # the peak from here on: weights, optimizer state and one step, not the build's scratch
+            torch.cuda.reset_peak_memory_stats()
 
     def step(self, timed: bool) -> None:
         if self.cuda:
@@ -162,8 +170,6 @@ def _rank(variant: str, args: argparse.Namespace) -> int | None:
 
 def sequential(variant: str, args: argparse.Namespace) -> dict:
     """Build, warm up and time one variant alone (GPU: peak memory is this variant's own)."""
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     bench = Bench(variant, args)
     for step in range(args.warmup + args.steps):
         bench.step(timed=step >= args.warmup)
