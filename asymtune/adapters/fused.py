@@ -14,11 +14,11 @@ that regenerates the mask in backward instead of storing it). B's parameter stay
 optimizer's master copy); the math runs in the activation dtype. Over a bitsandbytes (4/8-bit)
 base layer, the base runs its own kernel and backward, and only the adapter branch is fused.
 
-`enable(model)` swaps the forward of every PEFT `lora.Linear` layer (and PEFT's bitsandbytes ones); each call checks the
-conditions again and falls back to PEFT's forward (logging the reason once per layer) when A is
-trainable, weights are merged, adapters are disabled or several are active, the base layer is
-neither a plain `nn.Linear` nor a bitsandbytes layer, its weights train, or a LoRA variant (DoRA, ...)
-is in use.
+`enable(model)` swaps the forward of every PEFT `lora.Linear` layer (and of PEFT's bitsandbytes
+ones); each call checks the conditions again and falls back to PEFT's forward (logging the reason
+once per layer) when A is trainable, weights are merged, adapters are disabled or several are
+active, the base layer is neither a plain `nn.Linear` nor a bitsandbytes layer, its weights train,
+or a LoRA variant (DoRA, ...) is in use.
 """
 
 from __future__ import annotations
