@@ -21,11 +21,14 @@ BF16_TOLERANCE = 2 * 2**-7  # two bfloat16 epsilons, relative
 B_ONLY = {"A": {"init": "orthogonal", "trainable": False}, "B": {"init": "zero", "trainable": True}}
 
 
-def b_only_model(tiny_llama, **spec):
-    model = apply(tiny_llama, AdapterSpec(rank=4, targets="all-linear", **{**B_ONLY, **spec}), task_type="CAUSAL_LM")
-    with torch.no_grad():  # a trained-looking, non-zero B
+def b_only_model(base, **spec):
+    """`base` with a rank-4 B-only adapter on every linear layer and a trained-looking, non-zero B
+    (drawn on the CPU, so `base` may sit on any device)."""
+    model = apply(base, AdapterSpec(rank=4, targets="all-linear", **{**B_ONLY, **spec}), task_type="CAUSAL_LM")
+    with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_B["default"].weight.normal_(std=0.05, generator=torch.Generator().manual_seed(0))
+            weight = layer.lora_B["default"].weight
+            weight.copy_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
     return model
 
 
@@ -43,9 +46,10 @@ def relative_error(actual, expected) -> float:
     return float((actual - expected).norm() / expected.norm())
 
 
-def batch(device: str = "cpu"):
+def batch(device: str | torch.device = "cpu", hidden: int = 32):
     generator = torch.Generator().manual_seed(1)
-    embeds, labels = torch.randn(2, 9, 32, generator=generator), torch.randint(0, 100, (2, 9), generator=generator)
+    embeds = torch.randn(2, 9, hidden, generator=generator)
+    labels = torch.randint(0, 100, (2, 9), generator=generator)
     return embeds.to(device), labels.to(device)
 
 

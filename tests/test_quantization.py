@@ -4,17 +4,15 @@ import json
 from unittest import mock
 
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import save_tiny_model, sft_recipe
 from peft.tuners.lora import bnb as peft_bnb
 from safetensors.torch import load_file
-from test_fused import B_ONLY, forward_backward, relative_error
+from test_fused import b_only_model, batch, forward_backward, relative_error
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from asymtune import recipe as recipes
 from asymtune.adapters import fused
-from asymtune.adapters.lora import apply, lora_layers
 from asymtune.cli import main
 from asymtune.models import load_causal_lm, parameter_count
 from asymtune.runs import expand
@@ -55,19 +53,13 @@ def test_fused_adapter_branch_over_a_4_bit_base_matches_peft(llama_64_dir, alpac
                                                             "quantization": {}}}
     ).model
     model, _ = load_causal_lm(spec, log=lambda _: None)
-    peft_model = apply(model, recipes.AdapterSpec(rank=4, targets="all-linear", **B_ONLY), task_type="CAUSAL_LM")
-    with torch.no_grad():  # a trained-looking, non-zero B
-        for _, layer in lora_layers(peft_model):
-            weight = layer.lora_B["default"].weight
-            weight.copy_(0.05 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
-    device = peft_model.get_input_embeddings().weight.device
-    generator = torch.Generator().manual_seed(1)
-    embeds, labels = torch.randn(2, 9, 64, generator=generator), torch.randint(0, 100, (2, 9), generator=generator)
-    logits, dx, grads = forward_backward(peft_model, embeds.to(device), labels.to(device))
+    peft_model = b_only_model(model)
+    embeds, labels = batch(peft_model.get_input_embeddings().weight.device, hidden=64)
+    logits, dx, grads = forward_backward(peft_model, embeds, labels)
 
     assert fused.enable(peft_model) == 14  # 7 quantized linear layers x 2 blocks
     with mock.patch.object(peft_bnb.Linear4bit, "forward", side_effect=AssertionError("PEFT's forward ran")):
-        fused_logits, fused_dx, fused_grads = forward_backward(peft_model, embeds.to(device), labels.to(device))
+        fused_logits, fused_dx, fused_grads = forward_backward(peft_model, embeds, labels)
     assert grads.keys() == fused_grads.keys() and all("lora_B" in name for name in grads)
     assert relative_error(fused_logits, logits) < 1e-5 and relative_error(fused_dx, dx) < 1e-5
     for name, grad in grads.items():
