@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import atomic, timm_checkpoint
+from asymtune.errors import UserError
 
 
-class AssetError(Exception):
+class AssetError(UserError):
     """An asset could not be fetched or prepared; the message says why and what to try."""
 
 
@@ -126,6 +127,14 @@ def resolve(name: str, log: Callable[[str], None] = print) -> Path:
     return target
 
 
+def fetch_named(names: list[str], log: Callable[[str], None] = print) -> list[tuple[str, Path]]:
+    """(name, prepared path) of each named asset (all of them when none is named), fetched if needed."""
+    unknown = [name for name in names if not is_asset(name)]
+    if unknown:
+        raise AssetError(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(ASSETS)}")
+    return [(name, fetch(ASSETS[name], log)) for name in names or list(ASSETS)]
+
+
 def prepared_path(asset: Asset) -> Path:
     """Where the usable form of `asset` lives in the cache (present only once fetched)."""
     if asset.kind in CONVERTED_KINDS:
@@ -144,6 +153,8 @@ def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
     if asset.kind in CONVERTED_KINDS and not prepared_path(asset).exists():
         log(f"converting {asset.path} to a Hugging Face folder (once)")
         if asset.kind == "gguf-model":
+            from asymtune.gguf_checkpoint import convert_gguf  # transformers loads only to convert
+
             convert_gguf(unpacked / asset.path, prepared_path(asset))
         else:
             try:
@@ -151,16 +162,6 @@ def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
             except timm_checkpoint.CheckpointMismatch as error:
                 raise AssetError(f"asset {asset.name}: {asset.path} is not {asset.architecture}: {error}") from None
     return prepared_path(asset)
-
-
-def convert_gguf(gguf_file: Path, target: Path) -> None:
-    """Dequantize a GGUF checkpoint into a plain HF folder (safetensors, config, tokenizer)."""
-    from asymtune.models import load_gguf
-
-    model, tokenizer = load_gguf(gguf_file)
-    with atomic.directory(target) as scratch:
-        model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
 
 
 def _unpacked_dir(asset: Asset) -> Path:

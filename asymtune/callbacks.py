@@ -154,7 +154,7 @@ class GracefulStop(TrainerCallback):
     """SIGINT/SIGTERM during training: finish the current step, write a checkpoint, stop training.
 
     A second signal, or one outside the training loop, raises KeyboardInterrupt at once. `handle`
-    is the signal handler; install it with `signal.signal`."""
+    is the signal handler; one instance per run (lifecycle.py installs it for the run's duration)."""
 
     def __init__(self) -> None:
         self.training = False
@@ -178,5 +178,3 @@ class GracefulStop(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.training = False
 
-
-graceful_stop = GracefulStop()

@@ -16,6 +16,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from asymtune import recipe as recipes
 from asymtune.evaluation.run_eval import read_evaluations
-from asymtune.runs import RunDir
+from asymtune.runs import RunDir, RunDirError, resolve
 
 SEED_KEYS = ("seed", "adapter.seed")
 LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
@@ -63,11 +64,49 @@ def method_name(adapter: recipes.AdapterSpec) -> str:
     return "both trained"
 
 
+def adapter_summary(adapter: recipes.AdapterSpec) -> str:
+    """One line on what an adapter trains, e.g. 'A orthogonal frozen, B zero trained, r=16, alpha=32'."""
+    if adapter.method == "lora":
+        return f"A {adapter.A.label}, B {adapter.B.label}, r={adapter.rank}, alpha={adapter.lora_alpha:g}"
+    return f"method {adapter.method}" + (f", r={adapter.rank}" if adapter.rank else "")
+
+
 def run_metrics(run: RunDir) -> dict[str, float]:
     """Every numeric metric of a run: metrics.json's scalars and the eval/ summaries."""
     metrics = {k: float(v) for k, v in (run.read_json("metrics.json") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {**metrics, **read_evaluations(run)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    title: str
+    rows: list[Row]
+    baseline: Row | None
+
+
+def build(refs: list[str], root: Path, latest: bool = False, group_by: list[str] | None = None,
+          per_run: bool = False, baseline: str | None = None, paper: str | None = None) -> Comparison:
+    """The rows `asymtune compare` shows for the runs `refs` name (see runs.resolve): `latest` keeps the
+    newest run per recipe name, `baseline` names one run (added if not among them) to take differences to,
+    `paper` appends that table's reported rows."""
+    found = resolve(refs, root)
+    if latest:  # run folders are named <timestamp>-<id>, so the last per parent is the newest
+        found = list({run.path.parent: run for run in sorted(found, key=lambda r: r.path)}.values())
+    baseline_run = None
+    if baseline:
+        named = resolve([baseline], root)
+        if len(named) != 1:
+            raise RunDirError(f"--baseline {baseline}: names {len(named)} runs; give one run")
+        baseline_run = named[0]
+        if baseline_run.path not in {run.path for run in found}:
+            found.append(baseline_run)
+    rows = collect(found, group_by, per_run=per_run)
+    title = "Runs"
+    if paper:
+        title, reference = paper_rows(paper)
+        rows += reference
+    return Comparison(title, rows, find_baseline(rows, baseline_run) if baseline_run else None)
 
 
 def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = False) -> list[Row]:
@@ -112,7 +151,7 @@ def find_baseline(rows: list[Row], run: RunDir) -> Row:
     for row in rows:
         if str(run.path) in row.runs:
             return row
-    raise ValueError(f"--baseline {run.path} is not among the compared runs")
+    raise RunDirError(f"--baseline {run.path} is not among the compared runs")
 
 
 def metric_columns(rows: list[Row]) -> list[str]:

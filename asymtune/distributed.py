@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from asymtune.errors import UserError
 from asymtune.runs import RunDir
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """The launcher's configuration (accelerate config, torchrun flags) cannot run this training."""
 
 

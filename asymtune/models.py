@@ -9,12 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from asymtune import assets
+from asymtune.errors import UserError
+from asymtune.gguf_checkpoint import load_gguf
 from asymtune.recipe import ModelSpec, QuantizationSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(UserError):
     """The model named by the recipe could not be loaded; the message says from where it was tried."""
 
 
@@ -25,18 +27,6 @@ def select_dtype(requested: str) -> torch.dtype:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def load_gguf(gguf_file: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a GGUF checkpoint dequantized to float32, as a plain (unquantized) transformers model."""
-    folder, filename = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-    # The weights are already dequantized; drop the GGUF marker so the model saves and trains as a normal one.
-    del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    return model, tokenizer
 
 
 def load_causal_lm(

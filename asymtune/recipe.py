@@ -17,11 +17,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from asymtune.errors import UserError
+
 NAME_PATTERN = re.compile(r"^[a-z0-9._-]+$")
 FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
 
 
-class RecipeError(Exception):
+class RecipeError(UserError):
     """A recipe problem, phrased for the user: file, dotted key, what was expected."""
 
 
@@ -270,6 +272,26 @@ def validate(document: dict[str, Any], origins: dict[str, str], path: Path) -> R
     except ValidationError as error:
         problems = [_describe(issue, origins, path) for issue in error.errors()]
         raise RecipeError("\n".join(problems)) from None
+
+
+def catalogue(root: Path) -> list[tuple[str, str]]:
+    """(path relative to `root`, one-line description or why it does not load) of every runnable recipe
+    below `root`; shared `base` settings that other recipes extend are left out."""
+    if not root.is_dir():
+        raise RecipeError(f"{root}: not a folder of recipes")
+    entries = []
+    for file in sorted(root.rglob("*.yaml")):
+        relative = file.relative_to(root)
+        if file.name == "base.yaml" or "base" in relative.parts:
+            continue
+        try:
+            description = load(file).description
+        except RecipeError as error:
+            description = f"invalid: {str(error).splitlines()[0]}"
+        entries.append((str(relative), description))
+    if not entries:
+        raise RecipeError(f"{root}: no recipes found")
+    return entries
 
 
 def to_yaml(recipe: Recipe) -> str:

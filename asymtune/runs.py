@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import platform
-import re
 import secrets
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asymtune import atomic
+from asymtune.errors import UserError
+from asymtune.recipe import NAME_PATTERN as NAME
 from asymtune.recipe import Recipe, to_yaml
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "ac
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
-class RunDirError(Exception):
+class RunDirError(UserError):
     """A path given as a run directory is not one."""
 
 
@@ -113,8 +114,17 @@ class RunDir:
             handle.write(json.dumps(record) + "\n")
 
     def read_json(self, name: str) -> dict[str, Any] | None:
+        """The JSON object in RUN/name, None if there is no such file; RunDirError naming it if damaged."""
         file = self.path / name
-        return json.loads(file.read_text()) if file.is_file() else None
+        if not file.is_file():
+            return None
+        try:
+            document = json.loads(file.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise RunDirError(f"{file}: damaged, not a JSON document ({type(error).__name__})") from None
+        if not isinstance(document, dict):
+            raise RunDirError(f"{file}: damaged, a JSON {type(document).__name__} where an object belongs")
+        return document
 
     @property
     def status(self) -> str:
@@ -144,36 +154,36 @@ def environment(seed: int, argv: list[str]) -> dict[str, Any]:
     }
 
 
-HEADLINE = (  # the first metric a run has of these is the one `asymtune runs` shows
-    re.compile(r"^glue_"), re.compile(r"_ood_acc$"), re.compile(r"_rouge1$"), re.compile(r"^mmlu_average$"),
-    re.compile(r"^eval_validation_accuracy$"), re.compile(r"^eval_loss$"),
-)
-
-
-def headline_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    """The run's main result: GLUE score, OOD accuracy, ROUGE-1, MMLU average, accuracy or eval loss."""
-    for pattern in HEADLINE:
-        for key, value in metrics.items():
-            if pattern.search(key) and isinstance(value, (int, float)):
-                return key, float(value)
-    return None
-
-
-def expand(patterns: list[str]) -> list[RunDir]:
-    """Run dirs named by paths or globs; a folder holding run dirs expands to all of them."""
+def resolve(refs: list[str], root: Path = Path("runs")) -> list[RunDir]:
+    """The runs named by `refs`, the same way in every command: a run folder; a folder holding runs (all of
+    them); a glob over either; or a recipe name, meaning its newest run under `root` (the runs root)."""
     found: list[RunDir] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) or [pattern]
-        for match in matches:
-            path = Path(match)
-            if (path / "status.json").is_file():
-                found.append(RunDir(path))
-                continue
-            nested = sorted(p.parent for p in path.glob("**/status.json"))
-            if not nested:
-                raise RunDirError(f"{match}: not a run directory and holds none")
-            found.extend(RunDir(p) for p in nested)
+    for ref in refs:
+        if glob.has_magic(ref):
+            matches = sorted(glob.glob(ref))
+            if not matches:
+                raise RunDirError(f"{ref}: the pattern matches nothing")
+            for match in matches:
+                found.extend(_runs_in(Path(match)))
+        elif Path(ref).is_dir():
+            found.extend(_runs_in(Path(ref)))
+        elif NAME.match(ref) and (root / ref).is_dir():
+            newest = _runs_in(root / ref)[-1]  # run folders are named by start time
+            found.append(newest)
+        else:
+            raise RunDirError(f"{ref}: not a run directory, a folder of runs, or the name of a run under {root}")
     return found
+
+
+def _runs_in(path: Path) -> list[RunDir]:
+    """`path` itself if it is a run directory, else every run directory below it (by path: a recipe name's
+    runs oldest first)."""
+    if (path / "status.json").is_file():
+        return [RunDir(path)]
+    nested = sorted(p.parent for p in path.glob("**/status.json"))
+    if not nested:
+        raise RunDirError(f"{path}: not a run directory and holds none")
+    return [RunDir(p) for p in nested]
 
 
 def _git_commit() -> str | None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import recipe as recipes
-from asymtune.runs import RunDir
+from asymtune.runs import RunDir, resolve
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,36 @@ def finished_run(root: Path, recipe: recipes.Recipe) -> RunDir | None:
         if run.status == "completed" and recipe_file.is_file() and recipe_file.read_text() == wanted:
             return run
     return None
+
+
+def run_all(recipe_file: Path, jobs: list[Job], root: Path, log: Callable[[str], None]) -> list[str]:
+    """Train every job not already done, each in its own `asymtune train` process; return the failed ones."""
+    failed = []
+    for index, job in enumerate(jobs, start=1):
+        label = f"[{index}/{len(jobs)}] {job.recipe.name} seed {job.recipe.seed}"
+        finished = finished_run(root, job.recipe)
+        if finished is not None:
+            log(f"{label}: already done in {finished.path}")
+            continue
+        log(f"{label}: training")
+        command = [sys.executable, "-m", "asymtune.cli", "train", str(recipe_file), "--output-dir", str(root)]
+        command += [arg for override in job.overrides for arg in ("--set", override)]
+        if subprocess.run(command, check=False).returncode != 0:
+            failed.append(label)
+    return failed
+
+
+def sweep_runs(jobs: list[Job], root: Path) -> list[RunDir]:
+    """Every run under the sweep's recipe names (earlier sweeps' included)."""
+    names = sorted({job.recipe.name for job in jobs})
+    return resolve([str(root / name) for name in names if (root / name).is_dir()], root)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise recipes.RecipeError(f"--seeds {text!r}: expected comma-separated integers") from None
+    if not seeds:
+        raise recipes.RecipeError(f"--seeds {text!r}: give at least one seed")
+    return seeds

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from asymtune import atomic
+from asymtune.errors import UserError
 
 
-class CheckpointMismatch(Exception):
+class CheckpointMismatch(UserError):
     """The checkpoint's tensors do not line up with the architecture's state dict."""
 
 

@@ -11,7 +11,7 @@ from asymtune.adapters.init import factor_generator, orthogonal
 from asymtune.analysis import similarity as sim
 from asymtune.analysis import theory as th
 from asymtune.cli import main
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 
 def test_similarity_is_one_with_itself_and_invariant_to_invertible_transforms():
@@ -92,10 +92,10 @@ def test_similarity_cli_on_runs_sharing_a_frozen_a(tiny_llama_dir, alpaca_file, 
             runner.invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")]).exit_code
             == 0
         )
-    found = expand([str(tmp_path / "runs")])
+    found = resolve([str(tmp_path / "runs")])
     result = runner.invoke(
         main,
-        ["similarity", *(str(r.path) for r in found), "--output-dir", str(tmp_path / "sim")],
+        ["similarity", *(str(r.path) for r in found), "--figures-dir", str(tmp_path / "sim")],
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
@@ -108,7 +108,7 @@ def test_similarity_cli_on_runs_sharing_a_frozen_a(tiny_llama_dir, alpaca_file, 
     assert len(record["per_layer"]["A"]) == 4  # 2 layers x 2 targets
 
     itself = runner.invoke(
-        main, ["similarity", str(found[0].path), str(found[0].path), "--output-dir", str(tmp_path / "s")]
+        main, ["similarity", str(found[0].path), str(found[0].path), "--figures-dir", str(tmp_path / "s")]
     )
     assert itself.exit_code == 0, itself.output
     per_target = json.loads((tmp_path / "s" / "similarity.json").read_text())["per_target"]

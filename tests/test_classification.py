@@ -9,7 +9,7 @@ from conftest import corpus, write_jsonl
 
 from asymtune.cli import main
 from asymtune.evaluation import metrics as m
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 PREDICTED, GOLD = np.array([1, 0, 1, 1, 0, 1]), np.array([1, 0, 0, 1, 0, 1])
 
@@ -49,7 +49,7 @@ def classification_recipe(model_dir, data, **adapter):
 
 def train(write_recipe, recipe, root):
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(root)])
-    return result, expand([str(root)]) if root.exists() else []
+    return result, resolve([str(root)]) if root.exists() else []
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from asymtune import compare
 from asymtune.cli import main
-from asymtune.runs import RunDir, expand
+from asymtune.runs import RunDir, resolve
 
 
 def fake_run(root, name, seed, rank, eval_loss, status="completed", a_trainable=False):
@@ -55,7 +55,7 @@ def runs_root(tmp_path):
 
 
 def test_seeds_are_averaged_and_failed_runs_listed(runs_root):
-    rows = compare.collect(expand([str(runs_root)]), group_by=None)
+    rows = compare.collect(resolve([str(runs_root)]), group_by=None)
     by_key = {(row.label, row.status): row for row in rows}
     b_only = by_key[("b-only", "completed")]
     assert len(b_only.runs) == 3 and b_only.method == "B-only" and b_only.rank == 8
@@ -67,12 +67,12 @@ def test_seeds_are_averaged_and_failed_runs_listed(runs_root):
 
 
 def test_group_by_and_per_run(runs_root):
-    assert len(compare.collect(expand([str(runs_root)]), group_by=["seed"])) == 4  # seeds 0,1,2 + failed run
-    assert len(compare.collect(expand([str(runs_root)]), group_by=None, per_run=True)) == 5
+    assert len(compare.collect(resolve([str(runs_root)]), group_by=["seed"])) == 4  # seeds 0,1,2 + failed run
+    assert len(compare.collect(resolve([str(runs_root)]), group_by=None, per_run=True)) == 5
 
 
 def test_formats_and_baseline_deltas(runs_root):
-    lora = next(r for r in expand([str(runs_root)]) if r.path.parent.name == "lora" and r.status == "completed")
+    lora = next(r for r in resolve([str(runs_root)]) if r.path.parent.name == "lora" and r.status == "completed")
     runner = CliRunner()
     out = runner.invoke(main, ["compare", str(runs_root), "--format", "json", "--baseline", str(lora.path)])
     assert out.exit_code == 0, out.output
@@ -125,7 +125,7 @@ def test_base_model_evaluations_pool_only_under_the_same_options(tmp_path):
         atomic.write_json(
             run.path / "eval" / "mmlu.json", {"summary": {"average": {"acc": average}}, "options": {"limit": limit}}
         )
-    rows = sorted(compare.collect(expand([str(tmp_path)]), group_by=None), key=lambda row: len(row.runs))
+    rows = sorted(compare.collect(resolve([str(tmp_path)]), group_by=None), key=lambda row: len(row.runs))
     assert [(len(r.runs), r.method) for r in rows] == [(1, "base model"), (2, "base model")]
     assert rows[1].metrics["mmlu_average"] == pytest.approx(0.3)
 
@@ -142,10 +142,10 @@ def test_runs_lists_status_method_and_main_result(runs_root):
 
 
 def test_a_run_with_an_unreadable_recipe_is_listed_not_fatal(runs_root):
-    broken = next(run for run in expand([str(runs_root)]) if run.status == "completed")
+    broken = next(run for run in resolve([str(runs_root)]) if run.status == "completed")
     for text in ("adapter: {rank: -3}\n", "name: [unclosed\n"):
         (broken.path / "recipe.yaml").write_text(text)
-        rows = compare.collect(expand([str(runs_root)]), group_by=None)
+        rows = compare.collect(resolve([str(runs_root)]), group_by=None)
         assert any(row.status == "completed (recipe.yaml unreadable)" for row in rows)
 
 
@@ -154,7 +154,7 @@ def test_many_metrics_and_few_runs_give_one_column_per_run(tmp_path):
         run = fake_run(tmp_path, name, 0, rank=8, eval_loss=loss, a_trainable=a_trainable)
         metrics = run.read_json("metrics.json")
         run.write_metrics({**metrics, **{f"env{i}_acc": 0.5 + i / 100 + (name == "lora") for i in range(16)}})
-    rows = compare.collect(expand([str(tmp_path)]), group_by=None)
+    rows = compare.collect(resolve([str(tmp_path)]), group_by=None)
     wide = compare.to_table(rows, None, "Runs", width=160)
     assert [column.header for column in wide.columns] == ["", "b-only", "lora"]
     assert list(wide.columns[0].cells)[:2] == ["status", "method"] and "env15_acc" in wide.columns[0].cells

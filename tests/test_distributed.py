@@ -15,7 +15,7 @@ from test_classification import classification_recipe, pair_rows
 from transformers import RobertaConfig, RobertaModel
 
 from asymtune.cli import main
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 FSDP_CONFIG = Path(__file__).parents[1] / "examples" / "accelerate_fsdp.yaml"
 
@@ -69,7 +69,7 @@ def assert_two_processes_match_one(recipe, write_recipe, tmp_path, launch_with_t
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "distributed: 2 processes (gloo)" in launched.stderr and "data parallel: DDP over 2" in launched.stderr
 
-    [one], [two] = expand([str(tmp_path / "one")]), expand([str(tmp_path / "two")])  # rank 1 made no folder
+    [one], [two] = resolve([str(tmp_path / "one")]), resolve([str(tmp_path / "two")])  # rank 1 made no folder
     assert two.status == "completed" and two.read_json("metrics.json")["train_steps"] == 4
     a = load_file(one.adapter_dir / "adapter_model.safetensors")
     b = load_file(two.adapter_dir / "adapter_model.safetensors")
@@ -111,7 +111,7 @@ def test_fsdp_on_a_gpu_trains_and_saves_the_adapter_plain_training_gives(
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "data parallel: FSDP over 1" in launched.stderr + launched.stdout
 
-    [one], [fsdp] = expand([str(tmp_path / "one")]), expand([str(tmp_path / "fsdp")])
+    [one], [fsdp] = resolve([str(tmp_path / "one")]), resolve([str(tmp_path / "fsdp")])
     assert fsdp.status == "completed"
     a = load_file(one.adapter_dir / "adapter_model.safetensors")
     b = load_file(fsdp.adapter_dir / "adapter_model.safetensors")
@@ -127,6 +127,6 @@ def test_fsdp1_is_refused_before_training_with_the_fix(tiny_llama_dir, alpaca_fi
                            fsdp_use_orig_params=True)
     assert launched.returncode != 0
     assert "error: accelerate config: FSDP1 (fsdp_version: 1)" in launched.stderr + launched.stdout
-    [run] = expand([str(tmp_path / "fsdp")])
+    [run] = resolve([str(tmp_path / "fsdp")])
     assert run.status == "failed" and "set fsdp_version: 2" in run.read_json("status.json")["error"]
     assert not (run.path / "checkpoints").exists() or not any((run.path / "checkpoints").iterdir())

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from asymtune.adapters.export import folder_size
 from asymtune.cli import main
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def trained_run(tiny_llama_dir, tmp_path_factory):
     assert (
         CliRunner().invoke(main, ["train", str(folder / "r.yaml"), "--output-dir", str(folder / "runs")]).exit_code == 0
     )
-    [run] = expand([str(folder / "runs")])
+    [run] = resolve([str(folder / "runs")])
     return run
 
 

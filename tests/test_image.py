@@ -9,7 +9,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from asymtune.cli import main
 from asymtune.data.domainbed import coloured_digits, rotated_digits, split
 from asymtune.data.sources import DataError
-from asymtune.runs import expand
+from asymtune.runs import resolve
 from asymtune.tasks.image import domain_metrics
 
 ENVIRONMENTS = ("photo", "sketch", "cartoon")
@@ -105,7 +105,7 @@ def test_image_training_reports_id_ood_and_gaps(tiny_vit_dir, write_recipe, tmp_
     }
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     metrics = run.read_json("metrics.json")
     for key in ("pacs_train_acc", "pacs_id_acc", "pacs_photo_acc", "pacs_sketch_acc", "pacs_ood_acc", "pacs_photo_gap"):
         assert 0 <= abs(metrics[key]) <= 1, key

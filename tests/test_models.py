@@ -3,7 +3,7 @@ import torch
 from gguf_export import export_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from asymtune.assets import convert_gguf
+from asymtune.gguf_checkpoint import convert_gguf
 from asymtune.models import ModelLoadError, load_causal_lm, select_dtype
 from asymtune.recipe import ModelSpec
 

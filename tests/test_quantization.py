@@ -15,7 +15,7 @@ from asymtune import recipe as recipes
 from asymtune.adapters import fused
 from asymtune.cli import main
 from asymtune.models import load_causal_lm, parameter_count
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_qlora_b_only_trains_on_a_4_bit_base(llama_64_dir, alpaca_file, write_re
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     assert "fused frozen-A path on 4 LoRA layers (adapter branch; the quantized base" in result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     steps = [json.loads(line) for line in run.log_file.read_text().splitlines() if '"grad_norm"' in line]
     assert steps and all(step["grad_norm"] > 0 for step in steps)
     metrics = run.read_json("metrics.json")

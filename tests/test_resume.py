@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from asymtune.checkpoints import MARKER, newest_complete
 from asymtune.cli import main
-from asymtune.runs import RunDir, expand
+from asymtune.runs import RunDir, resolve
 
 
 def start_training(recipe_file, output_dir) -> subprocess.Popen:
@@ -53,7 +53,7 @@ def resumable_recipe(tiny_llama_dir, alpaca_file, write_recipe):
 def test_sigkill_then_resume_ends_with_the_adapter_and_metrics_of_an_uninterrupted_run(resumable_recipe, tmp_path):
     reference = CliRunner().invoke(main, ["train", str(resumable_recipe), "--output-dir", str(tmp_path / "whole")])
     assert reference.exit_code == 0, reference.output
-    [whole] = expand([str(tmp_path / "whole")])
+    [whole] = resolve([str(tmp_path / "whole")])
 
     process = start_training(resumable_recipe, tmp_path / "killed")
     marker = wait_for(tmp_path / "killed", f"*/*/checkpoints/checkpoint-8/{MARKER}", process)
@@ -91,7 +91,7 @@ def test_sigterm_writes_a_checkpoint_marks_interrupted_and_the_run_resumes(resum
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     status = run.read_json("status.json")
     assert status["status"] == "interrupted" and "asymtune train --resume" in stderr
     stopped = newest_complete(run.path / "checkpoints", warn=pytest.fail)
@@ -105,7 +105,7 @@ def test_sigterm_writes_a_checkpoint_marks_interrupted_and_the_run_resumes(resum
 def test_resume_refuses_completed_runs_and_a_recipe_beside_it(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
     recipe_file = write_recipe(sft_recipe(tiny_llama_dir, alpaca_file))
     assert CliRunner().invoke(main, ["train", str(recipe_file), "--output-dir", str(tmp_path)]).exit_code == 0
-    [run] = expand([str(tmp_path)])
+    [run] = resolve([str(tmp_path)])
     assert newest_complete(run.path / "checkpoints", warn=pytest.fail).step == 4  # the checkpoint at the end
     result = resume(run.path)
     assert result.exit_code == 2 and "already completed" in result.output

@@ -4,7 +4,7 @@ import pytest
 from wheels import build_wheel
 
 from asymtune import assets, atomic
-from asymtune.runs import RunDir, RunDirError, expand
+from asymtune.runs import RunDir, RunDirError, resolve
 
 
 def test_run_dirs_are_never_reused(tmp_path):
@@ -23,15 +23,13 @@ def test_status_keeps_start_time_and_files_are_written_atomically(tmp_path):
     assert [p.name for p in run.path.iterdir()] == ["status.json"]  # no temp files left behind
 
 
-def test_atomic_write_leaves_old_content_when_interrupted(tmp_path):
+def test_atomic_write_leaves_old_content_when_the_write_fails_midway(tmp_path):
     target = tmp_path / "metrics.json"
     atomic.write_json(target, {"a": 1})
-
-    class Unserialisable:
-        pass
-
-    with pytest.raises(TypeError):
-        atomic.write_json(target, {"a": Unserialisable()})
+    # The lone surrogate cannot be encoded, so the write fails after the text before it went out: a writer that
+    # opened the target itself would have truncated it already.
+    with pytest.raises(UnicodeEncodeError):
+        atomic.write_text(target, '{"a": 2, "padding": "' + "x" * 100_000 + '\ud800"}')
     assert json.loads(target.read_text()) == {"a": 1}
     assert list(tmp_path.iterdir()) == [target]
 
@@ -43,13 +41,13 @@ def test_atomic_directory_appears_only_when_complete(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_expand_finds_runs_under_a_root_and_rejects_non_runs(tmp_path):
+def test_resolve_finds_runs_under_a_root_and_rejects_non_runs(tmp_path):
     runs = [RunDir.create(tmp_path, n) for n in ("a", "b")]
     for run in runs:
         run.set_status("completed")
-    assert {r.path for r in expand([str(tmp_path)])} == {r.path for r in runs}
+    assert {r.path for r in resolve([str(tmp_path)])} == {r.path for r in runs}
     with pytest.raises(RunDirError, match="not a run directory"):
-        expand([str(tmp_path / "missing")])
+        resolve([str(tmp_path / "missing")])
 
 
 def test_fetch_downloads_with_pip_and_unpacks_into_cache(tmp_path, monkeypatch):

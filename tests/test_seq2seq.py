@@ -9,7 +9,7 @@ from rouge_score import rouge_scorer
 
 from asymtune.cli import main
 from asymtune.evaluation.metrics import rouge
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 PREDICTIONS = ["the cats sat on a mat", "building permits take ten weeks\nor more"]
 REFERENCES = ["the cat sat on the mat", "a building permit takes 10 weeks\nusually"]
@@ -59,7 +59,7 @@ def test_local_summaries_train_generate_and_score(tiny_bart_dir, write_recipe, t
         main, ["train", str(write_recipe(seq2seq_recipe(tiny_bart_dir, data))), "--output-dir", str(tmp_path / "runs")]
     )
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     metrics = run.read_json("metrics.json")
     assert {"eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum"} <= set(metrics)
     assert metrics["parameters"]["trainable_A"] == 0 and metrics["parameters"]["trainable_B"] > 0

@@ -7,7 +7,7 @@ from conftest import sft_recipe
 from asymtune import sweep
 from asymtune.cli import main
 from asymtune.recipe import RecipeError
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 
 def test_plan_is_grid_times_seeds_with_seeded_adapters(write_recipe, tmp_path):
@@ -43,7 +43,7 @@ def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, 
     ]
     first = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
     assert first.exit_code == 0, first.output
-    runs = expand([str(tmp_path / "runs")])
+    runs = resolve([str(tmp_path / "runs")])
     assert len(runs) == 4 and all(run.status == "completed" for run in runs)
     assert "Sweep of" in first.output  # the compare table follows the runs
     grouped = json.loads(CliRunner().invoke(main, ["compare", str(tmp_path / "runs"), "--format", "json"]).output)
@@ -51,4 +51,4 @@ def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, 
 
     again = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
     assert again.exit_code == 0 and again.output.count("already done") == 4
-    assert len(expand([str(tmp_path / "runs")])) == 4
+    assert len(resolve([str(tmp_path / "runs")])) == 4

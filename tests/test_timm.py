@@ -17,7 +17,7 @@ from wheels import build_wheel
 from asymtune import assets
 from asymtune.cli import main
 from asymtune.data.sources import DataError
-from asymtune.runs import expand
+from asymtune.runs import resolve
 from asymtune.tasks.image import resized_processor
 from asymtune.timm_checkpoint import CheckpointMismatch, map_by_position
 
@@ -100,7 +100,7 @@ def train_image(write_recipe, tmp_path, folder, adapter, **data):
     }
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     return run, run.read_json("metrics.json")
 
 

@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 from asymtune.adapters.init import make_factor
 from asymtune.cli import main
-from asymtune.runs import expand
+from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def train(recipe_path, output_dir, *extra):
 def test_train_b_only_writes_a_complete_run_dir(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
     result = train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs")
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     assert run.status == "completed"
     assert yaml.safe_load((run.path / "recipe.yaml").read_text())["adapter"]["alpha"] is None
     env = run.read_json("env.json")
@@ -77,7 +77,7 @@ def test_train_lora_with_messages_data(tiny_llama_dir, write_recipe, tmp_path):
     recipe["data"]["format"] = "messages"
     result = train(write_recipe(recipe), tmp_path / "runs", "--set", "train.max_steps=2")
     assert result.exit_code == 0, result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     params = run.read_json("metrics.json")["parameters"]
     assert params["trainable_A"] > 0 and params["trainable_B"] > 0
 
@@ -87,7 +87,7 @@ def test_bad_data_marks_run_failed_and_exits_2(tiny_llama_dir, write_recipe, tmp
     result = train(write_recipe(sft_recipe(tiny_llama_dir, data)), tmp_path / "runs")
     assert result.exit_code == 2
     assert "needs column(s) instruction, output" in result.output and "Traceback" not in result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     assert run.status == "failed" and "instruction" in run.read_json("status.json")["error"]
 
 
@@ -106,7 +106,7 @@ def test_compare_lists_completed_and_failed_runs(tiny_llama_dir, alpaca_file, wr
     assert result.exit_code == 0, result.output
     rows = {row["status"]: row for row in json.loads(result.output)}
     assert set(rows) == {"completed", "failed"}
-    metrics = next(r for r in expand([str(tmp_path / "runs")]) if r.status == "completed").read_json("metrics.json")
+    metrics = next(r for r in resolve([str(tmp_path / "runs")]) if r.status == "completed").read_json("metrics.json")
     completed = rows["completed"]
     assert completed["method"] == "B-only" and completed["factors"] == "A orthogonal frozen, B zero trained"
     assert completed["trainable"] == metrics["parameters"]["trainable"]
@@ -115,7 +115,7 @@ def test_compare_lists_completed_and_failed_runs(tiny_llama_dir, alpaca_file, wr
 
 def test_eval_without_flags_reproduces_the_runs_eval_loss(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
     assert train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file)), tmp_path / "runs").exit_code == 0
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     result = CliRunner().invoke(main, ["eval", str(run.path)])
     assert result.exit_code == 0, result.output
     again = run.read_json("eval/task.json")
@@ -133,5 +133,5 @@ def test_diverging_loss_stops_the_run_with_a_hint(tiny_llama_dir, alpaca_file, w
     result = train(write_recipe(recipe), tmp_path / "runs")
     assert result.exit_code == 1
     assert "training loss became" in result.output and "lower train.learning_rate" in result.output
-    [run] = expand([str(tmp_path / "runs")])
+    [run] = resolve([str(tmp_path / "runs")])
     assert run.status == "failed" and "at step" in run.read_json("status.json")["error"]

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from asymtune import atomic
 from asymtune.adapters.init import make_factor
 from asymtune.adapters.lora import ADAPTER_SPEC_FILE, PEFT_PREFIX
+from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
 COMPACT_FILE = "compact.json"
@@ -25,7 +26,7 @@ WEIGHTS = "adapter_model.safetensors"
 SEEDED_INITS = {"orthogonal", "kaiming_uniform", "gaussian", "zero"}
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """The requested form cannot be written from this source; the message says why."""
 
 

@@ -21,13 +21,14 @@ from torch import nn
 
 from asymtune import atomic
 from asymtune.adapters.init import make_factor
+from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
 ADAPTER_SPEC_FILE = "asymtune_adapter.json"
 PEFT_PREFIX = "base_model.model."
 
 
-class AdapterError(Exception):
+class AdapterError(UserError):
     """The adapter cannot be built on this model (e.g. a target module does not exist)."""
 
 

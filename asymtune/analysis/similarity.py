@@ -19,6 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from asymtune import atomic
+from asymtune.errors import UserError
+from asymtune.runs import RunDir
+
 LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -112,3 +116,36 @@ def heatmaps(result: dict[str, dict[tuple[int, str], float]], folder: Path, titl
         plt.close(figure)
         written.append(path)
     return written
+
+
+class SimilarityError(UserError):
+    """The runs cannot be compared: fewer than two, no saved adapter, or no module in common."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `asymtune similarity` shows: the record written to similarity.json and the heatmaps."""
+
+    record: dict
+    images: list[Path]
+
+
+def compare_runs(runs: list[RunDir], folder: Path | None) -> Report:
+    """Figure 1 for `runs`: heatmaps and similarity.json into `folder` (default FIRST_RUN/eval/similarity)."""
+    if len(runs) < 2:
+        raise SimilarityError("give at least two runs to compare")
+    missing = [str(run.path) for run in runs if not (run.adapter_dir / "adapter_model.safetensors").is_file()]
+    if missing:
+        raise SimilarityError(f"no saved adapter in {', '.join(missing)}")
+    try:
+        result = pairwise([load_factors(run.adapter_dir) for run in runs])
+    except ValueError as error:
+        raise SimilarityError(str(error)) from None
+    folder = folder or runs[0].path / "eval" / "similarity"
+    images = heatmaps(result, folder, f"{len(runs)} runs")
+    record = {"runs": [str(run.path) for run in runs], "pairs": len(runs) * (len(runs) - 1) // 2,
+              "per_target": summary(result),
+              "per_layer": {w: [{"layer": k[0], "target": k[1], "similarity": v} for k, v in result[w].items()]
+                            for w in result}}
+    atomic.write_json(folder / "similarity.json", record)
+    return Report(record, images)

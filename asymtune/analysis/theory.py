@@ -12,13 +12,23 @@ Theorem 4.3: for Haar-random Q, U, L_A ≥ L_B with high probability as d/r → 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from asymtune.adapters.init import orthogonal
+from asymtune.errors import UserError
+
+if TYPE_CHECKING:
+    from asymtune.recipe import Recipe
+    from asymtune.runs import RunDir
+
+MAX_DIMENSION = 8192  # d × d covariances in float64: 0.5 GiB each
 
 
 @dataclass(frozen=True)
@@ -130,3 +140,59 @@ def bound_ratios_from_counts(parameters: dict[str, int], rank: int) -> BoundRati
     a_count = parameters["trainable_A"] + parameters["frozen_A"]
     b_count = parameters["trainable_B"] + parameters["frozen_B"]
     return BoundRatios(sum_d_in=a_count // rank, sum_d_out=b_count // rank)
+
+
+class TheoryError(UserError):
+    """A grid value or a run/recipe that the least-squares study or Lemma 4.5 cannot use."""
+
+
+def parse_grid(dims: str, ranks: str, input_ranks: str) -> list[tuple[int, int, int]]:
+    """(d, r, input rank) for every combination of the comma-separated values; input ranks may be 'r' or 'd'."""
+    def values(text: str, flag: str) -> list[str]:
+        found = [v.strip() for v in text.split(",") if v.strip()]
+        if not found:
+            raise TheoryError(f"--{flag}: give comma-separated values")
+        return found
+
+    grid = []
+    for d_text, r_text, x_text in itertools.product(values(dims, "d"), values(ranks, "rank"),
+                                                    values(input_ranks, "input-rank")):
+        try:
+            d, r = int(d_text), int(r_text)
+            x = {"r": r, "d": d}.get(x_text) or int(x_text)
+        except ValueError:
+            raise TheoryError(
+                f"--d/--rank/--input-rank: {d_text}, {r_text}, {x_text} are not integers (or r/d)"
+            ) from None
+        if not 1 <= r <= d <= MAX_DIMENSION or not 1 <= x <= d:
+            raise TheoryError(f"need 1 <= rank <= d <= {MAX_DIMENSION} and 1 <= input rank <= d; "
+                              f"got d={d}, rank={r}, input rank={x}")
+        grid.append((d, r, x))
+    return grid
+
+
+def run_bound_ratios(run: RunDir) -> tuple[BoundRatios, int]:
+    """Lemma 4.5's ratios for a finished LoRA-family run, from its parameter counts; and its rank."""
+    from asymtune import recipe
+
+    parameters = (run.read_json("metrics.json") or {}).get("parameters")
+    if not isinstance(parameters, dict) or not all(
+        isinstance(parameters.get(k), int) for k in ("trainable_A", "frozen_A", "trainable_B", "frozen_B")
+    ):
+        raise TheoryError(f"--run {run.path}: needs a completed run with parameter counts in metrics.json")
+    rank = recipe.load(run.path / "recipe.yaml").adapter.rank
+    if rank is None or not (parameters["frozen_A"] + parameters["trainable_A"]):
+        raise TheoryError(f"--run {run.path}: Lemma 4.5 needs a LoRA-family run (A and B factors)")
+    return bound_ratios_from_counts(parameters, rank), rank
+
+
+def recipe_bound_ratios(trained: Recipe, source: str, log: Callable[[str], None]) -> BoundRatios:
+    """Lemma 4.5's ratios for a recipe's targets, from the model's config alone (no weights loaded)."""
+    from asymtune.models import adapted_dimensions
+
+    if trained.adapter.rank is None or trained.adapter.targets is None:
+        raise TheoryError(f"{source}: Lemma 4.5 needs a LoRA-family adapter (rank and targets)")
+    dims = adapted_dimensions(trained.model, trained.adapter.targets, log)
+    if not dims:
+        raise TheoryError(f"{source}: adapter.targets {trained.adapter.targets} match no linear layer")
+    return BoundRatios(sum_d_in=sum(d_in for _, d_in in dims), sum_d_out=sum(d_out for d_out, _ in dims))

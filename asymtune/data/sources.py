@@ -10,11 +10,12 @@ from pathlib import Path
 import datasets
 
 from asymtune import assets
+from asymtune.errors import UserError
 
 LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The data named by the recipe cannot be used; the message names the file, column or row."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from asymtune import atomic
+from asymtune.errors import UserError
 
 CATEGORIES = ("humanities", "stem", "social_sciences", "other")
 CATEGORY_TITLES = {"humanities": "Humanities", "stem": "STEM", "social_sciences": "Social Sciences",
@@ -31,7 +32,7 @@ LETTERS = "ABCD"
 PREFIX = "asymtune_mmlu"
 
 
-class MMLUDataError(Exception):
+class MMLUDataError(UserError):
     """Local MMLU files are missing, in an unknown layout, or have a bad row (named in the message)."""
 
 

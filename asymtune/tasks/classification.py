@@ -7,7 +7,6 @@ new, so it is always trained (PEFT's `modules_to_save` for SEQ_CLS) and counted 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import datasets
@@ -16,14 +15,10 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    PrinterCallback,
     Trainer,
     TrainingArguments,
-    set_seed,
 )
 
-from asymtune.adapters import methods
-from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
@@ -31,8 +26,7 @@ from asymtune.evaluation import metrics as m
 from asymtune.models import load_pretrained, with_pad_token
 from asymtune.recipe import Recipe
 from asymtune.report import console
-from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
+from asymtune.tasks.base import TaskFamily
 
 CUSTOM_METRICS = {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
@@ -147,62 +141,67 @@ def compute_metrics_for(glue: GlueTask | None, regression: bool):
     return compute
 
 
-def load_classifier(recipe: Recipe, data: LabelledData):
-    labels = {}
-    if data.label_names:
-        labels = {"id2label": dict(enumerate(data.label_names)),
-                  "label2id": {name: i for i, name in enumerate(data.label_names)}}
-    model, tokenizer = load_pretrained(
-        recipe.model, "a sequence classifier", AutoModelForSequenceClassification, AutoTokenizer, console.print,
-        num_labels=data.num_labels,
-        problem_type="regression" if data.regression else "single_label_classification", **labels,
-    )
-    tokenizer = with_pad_token(tokenizer)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+class Classification(TaskFamily):
+    """The HF Trainer on tokenized text pairs; metrics per eval set (GLUE's or accuracy and macro-F1)."""
+
+    task_type = "SEQ_CLS"
+
+    def load_data(self, recipe: Recipe) -> LabelledData:
+        return LabelledData(recipe)
+
+    def train_rows(self, data: LabelledData) -> int:
+        return len(data.train)
+
+    def describe(self, data: LabelledData) -> str:
+        return f"data: {len(data.train)} train rows; eval: " + (
+            ", ".join(f"{name} {len(table)}" for name, table in data.eval.items()) or "none"
+        )
+
+    def load_model(self, recipe: Recipe, data: LabelledData):
+        labels = {}
+        if data.label_names:
+            labels = {"id2label": dict(enumerate(data.label_names)),
+                      "label2id": {name: i for i, name in enumerate(data.label_names)}}
+        model, tokenizer = load_pretrained(
+            recipe.model, "a sequence classifier", AutoModelForSequenceClassification, AutoTokenizer,
+            console.print, num_labels=data.num_labels,
+            problem_type="regression" if data.regression else "single_label_classification", **labels,
+        )
+        tokenizer = with_pad_token(tokenizer)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+
+    def make_trainer(self, recipe, model, processor, data: LabelledData, options, callbacks, optimizers) -> Trainer:
+        return Trainer(
+            model=model, args=TrainingArguments(**options),
+            train_dataset=tokenized(data.train, processor, data, recipe),
+            data_collator=DataCollatorWithPadding(processor),
+            compute_metrics=compute_metrics_for(data.glue, data.regression), callbacks=callbacks, optimizers=optimizers,
+        )
+
+    def metrics(self, trainer, model, processor, data: LabelledData, recipe, run) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        headline_hits = headline_total = 0.0
+        for name, table in data.eval.items():
+            scores = trainer.evaluate(eval_dataset=tokenized(table, processor, data, recipe, name),
+                                      metric_key_prefix=f"eval_{name}")
+            metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second", "epoch"))})
+            if data.glue:
+                headline = scores[f"eval_{name}_{data.glue.headline}"]
+                headline_hits, headline_total = headline_hits + headline * len(table), headline_total + len(table)
+        if data.glue and headline_total:  # MNLI: accuracy over both validation sets together
+            metrics[f"glue_{data.glue.name}"] = headline_hits / headline_total
+        return metrics
 
 
-def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
-    """Train a classifier per `recipe`, save the adapter (with the head) into `run`, return metrics."""
-    started = time.perf_counter()
-    set_seed(recipe.seed)
-    data = LabelledData(recipe)
-    model, tokenizer = load_classifier(recipe, data)
-    peft_model, counts = prepare_model(model, recipe, "SEQ_CLS", len(data.train))
-    max_length = recipe.data.max_length
-
+def tokenized(table: datasets.Dataset, tokenizer, data: LabelledData, recipe: Recipe,
+              name: str = "train") -> datasets.Dataset:
+    """`table`'s text columns tokenized (truncated to data.max_length), its `labels` kept."""
     def tokenize(batch):
-        return tokenizer(*[batch[field] for field in data.text_fields], truncation=True, max_length=max_length)
+        return tokenizer(*[batch[field] for field in data.text_fields], truncation=True,
+                         max_length=recipe.data.max_length)
 
-    train_set = data.train.map(tokenize, batched=True, remove_columns=data.text_fields, desc="tokenizing train")
-    eval_sets = {name: table.map(tokenize, batched=True, remove_columns=data.text_fields, desc=f"tokenizing {name}")
-                 for name, table in data.eval.items()}
-    console.print(f"data: {len(train_set)} train rows; eval: "
-                  + (", ".join(f"{n} {len(t)}" for n, t in eval_sets.items()) or "none"))
+    return table.map(tokenize, batched=True, remove_columns=data.text_fields, desc=f"tokenizing {name}")
 
-    args = TrainingArguments(**trainer_options(recipe, run, model.dtype))
-    first_step = TimeToFirstStepCallback(started, run)
-    trainer = Trainer(
-        model=peft_model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics_for(data.glue, data.regression),
-        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
-        optimizers=(methods.optimizer(peft_model, recipe), None),
-    )
-    trainer.remove_callback(PrinterCallback)
-    result = train(trainer, run)
-    save_trained(trainer, peft_model, recipe, run)
 
-    metrics: dict[str, Any] = {
-        **training_metrics(result, first_step, len(train_set)),
-    }
-    headline_hits = headline_total = 0.0
-    for name, table in eval_sets.items():
-        scores = trainer.evaluate(eval_dataset=table, metric_key_prefix=f"eval_{name}")
-        metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second", "epoch"))})
-        if data.glue:
-            headline = scores[f"eval_{name}_{data.glue.headline}"]
-            headline_hits, headline_total = headline_hits + headline * len(table), headline_total + len(table)
-    if data.glue and headline_total:  # MNLI: accuracy over both validation sets together
-        metrics[f"glue_{data.glue.name}"] = headline_hits / headline_total
-    metrics["parameters"] = counts.as_dict()
-    return metrics
+FAMILY = Classification()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,18 @@ import torch
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
-    PrinterCallback,
     Trainer,
     TrainingArguments,
-    set_seed,
 )
 
-from asymtune.adapters import methods
 from asymtune.assets import cache_dir
-from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
 from asymtune.data.sources import DataError
 from asymtune.evaluation.metrics import accuracy
 from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
-from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
+from asymtune.tasks.base import TaskFamily
 
 BUILT_IN = {
     "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
@@ -103,53 +97,58 @@ def domain_metrics(prefix: str, train_acc: float, id_acc: float, ood: dict[str, 
     return metrics
 
 
-def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
-    """Fine-tune an image classifier on the training environment(s); evaluate in and out of domain."""
-    started = time.perf_counter()
-    set_seed(recipe.seed)
-    root = dataset_root(recipe)
-    data: DomainSplit = split(
-        root, recipe.data.train_envs, recipe.seed, recipe.data.eval_fraction, recipe.data.class_map
-    )
-    if data.skipped:
-        console.print(
-            f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
-            + ", ".join(str(p) for p in data.skipped[:3])
+class ImageClassification(TaskFamily):
+    """The HF Trainer on image files through the model's own processor; metrics: train, ID, OOD accuracy, gaps."""
+
+    def load_data(self, recipe: Recipe) -> DomainSplit:
+        data = split(dataset_root(recipe), recipe.data.train_envs, recipe.seed, recipe.data.eval_fraction,
+                     recipe.data.class_map)
+        if data.skipped:
+            console.print(
+                f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
+                + ", ".join(str(p) for p in data.skipped[:3])
+            )
+        return data
+
+    def train_rows(self, data: DomainSplit) -> int:
+        return len(data.train)
+
+    def describe(self, data: DomainSplit) -> str:
+        return (f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
+                + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items()))
+
+    def load_model(self, recipe: Recipe, data: DomainSplit):
+        model, processor = load_pretrained(
+            recipe.model, "an image classifier", AutoModelForImageClassification, AutoImageProcessor, console.print,
+            num_labels=len(data.classes), id2label=dict(enumerate(data.classes)),
+            label2id={name: i for i, name in enumerate(data.classes)}, ignore_mismatched_sizes=True,
         )
-    model, processor = load_pretrained(
-        recipe.model, "an image classifier", AutoModelForImageClassification, AutoImageProcessor, console.print,
-        num_labels=len(data.classes), id2label=dict(enumerate(data.classes)),
-        label2id={name: i for i, name in enumerate(data.classes)}, ignore_mismatched_sizes=True,
-    )
-    if recipe.data.image_size:
-        processor = resized_processor(processor, model, recipe.data.image_size)
-    peft_model, counts = prepare_model(model, recipe, None, len(data.train), [head_name(model)])
-    console.print(
-        f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
-        + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items())
-    )
+        if recipe.data.image_size:
+            processor = resized_processor(processor, model, recipe.data.image_size)
+        return model, processor
 
-    first_step = TimeToFirstStepCallback(started, run)
-    trainer = Trainer(
-        model=peft_model,
-        args=TrainingArguments(**trainer_options(recipe, run, model.dtype), remove_unused_columns=False),
-        train_dataset=ImageItems(data.train, processor),
-        compute_metrics=lambda p: {"accuracy": accuracy(np.argmax(p.predictions, axis=-1), p.label_ids)},
-        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
-        optimizers=(methods.optimizer(peft_model, recipe), None),
-    )
-    trainer.remove_callback(PrinterCallback)
-    result = train(trainer, run)
-    save_trained(trainer, peft_model, recipe, run)
+    def heads(self, model) -> list[str]:
+        return [head_name(model)]
 
-    def evaluate(items: list[tuple[Path, int]], name: str) -> float:
-        return trainer.evaluate(eval_dataset=ImageItems(items, processor), metric_key_prefix=name)[f"{name}_accuracy"]
+    def make_trainer(self, recipe, model, processor, data: DomainSplit, options, callbacks, optimizers) -> Trainer:
+        return Trainer(
+            model=model, args=TrainingArguments(**options, remove_unused_columns=False),
+            train_dataset=ImageItems(data.train, processor),
+            compute_metrics=lambda p: {"accuracy": accuracy(np.argmax(p.predictions, axis=-1), p.label_ids)},
+            callbacks=callbacks, optimizers=optimizers,
+        )
 
-    ood = {env: evaluate(items, env) for env, items in data.ood.items()}
-    metrics: dict[str, Any] = {
-        **training_metrics(result, first_step, len(data.train)),
-        "skipped_images": len(data.skipped),
-        **domain_metrics(metric_prefix(root), evaluate(data.train, "train"), evaluate(data.id_test, "id"), ood),
-    }
-    metrics["parameters"] = counts.as_dict()
-    return metrics
+    def metrics(self, trainer, model, processor, data: DomainSplit, recipe, run) -> dict[str, Any]:
+        def evaluate(items: list[tuple[Path, int]], name: str) -> float:
+            scores = trainer.evaluate(eval_dataset=ImageItems(items, processor), metric_key_prefix=name)
+            return scores[f"{name}_accuracy"]
+
+        ood = {env: evaluate(items, env) for env, items in data.ood.items()}
+        return {
+            "skipped_images": len(data.skipped),
+            **domain_metrics(metric_prefix(dataset_root(recipe)), evaluate(data.train, "train"),
+                             evaluate(data.id_test, "id"), ood),
+        }
+
+
+FAMILY = ImageClassification()

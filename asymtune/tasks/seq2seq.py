@@ -7,7 +7,6 @@ data names its `source_field` and `target_field`. Predictions go to RUN/eval/pre
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,27 +17,22 @@ from transformers import (
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
-    PrinterCallback,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
-    set_seed,
 )
 
 from asymtune import atomic
-from asymtune.adapters import methods
-from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation.metrics import rouge
 from asymtune.models import load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
-from asymtune.runs import RunDir
-from asymtune.tasks.base import prepare_model, run_callbacks, save_trained, train, trainer_options, training_metrics
+from asymtune.tasks.base import TaskFamily
 
 
 @dataclass(frozen=True)
-class Summarization:
+class BuiltIn:
     hub_id: str
     config: str | None
     source: str
@@ -47,13 +41,24 @@ class Summarization:
 
 
 BUILT_IN = {
-    "xsum": Summarization("EdinburghNLP/xsum", None, "document", "summary", "validation"),
-    "cnn_dailymail": Summarization("abisee/cnn_dailymail", "3.0.0", "article", "highlights", "validation"),
+    "xsum": BuiltIn("EdinburghNLP/xsum", None, "document", "summary", "validation"),
+    "cnn_dailymail": BuiltIn("abisee/cnn_dailymail", "3.0.0", "article", "highlights", "validation"),
 }
 
 
-def load_pairs(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset, str, str, str]:
-    """(train, eval, source column, target column, metric prefix) after checking the columns exist."""
+@dataclass(frozen=True)
+class Pairs:
+    """Train and eval tables, their source and target columns, and the metric prefix (xsum, cnn_dailymail, eval)."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    source: str
+    target: str
+    prefix: str
+
+
+def load_pairs(recipe: Recipe) -> Pairs:
+    """The recipe's train and eval pairs after checking the columns exist."""
     spec = recipe.data
     built_in = BUILT_IN.get(spec.summarization) if spec.summarization else None
     source = spec.source_field or built_in.source
@@ -61,8 +66,6 @@ def load_pairs(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset, str,
     train_ref = spec.train
     config = spec.config or (built_in.config if built_in and train_ref == built_in.hub_id else None)
     train = load_table(train_ref, spec.split, console.print, config)
-    if isinstance(spec.eval, dict):
-        raise DataError("data.eval: task seq2seq takes one held-out file or hub id, not a mapping")
     held_out = None
     if spec.eval is not None:
         held_out = load_table(spec.eval, "validation", console.print)
@@ -78,8 +81,7 @@ def load_pairs(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset, str,
                                        spec.max_train_samples, spec.max_eval_samples)
     if held_out is None:
         raise DataError("task seq2seq needs evaluation data: data.eval or data.eval_fraction")
-    prefix = spec.summarization or "eval"
-    return train, held_out, source, target, prefix
+    return Pairs(train, held_out, source, target, spec.summarization or "eval")
 
 
 def generate(model, tokenizer, sources: list[str], recipe: Recipe) -> list[str]:
@@ -100,46 +102,45 @@ def generate(model, tokenizer, sources: list[str], recipe: Recipe) -> list[str]:
     return outputs
 
 
-def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
-    """Train a summarizer per `recipe`, write predictions and ROUGE, save the adapter into `run`."""
-    started = time.perf_counter()
-    set_seed(recipe.seed)
-    train_pairs, eval_pairs, source, target, prefix = load_pairs(recipe)
-    model, tokenizer = load_pretrained(
-        recipe.model, "a seq2seq model", AutoModelForSeq2SeqLM, AutoTokenizer, console.print
-    )
-    peft_model, counts = prepare_model(model, recipe, "SEQ_2_SEQ_LM", len(train_pairs))
+class Summarization(TaskFamily):
+    """Seq2SeqTrainer on source/target pairs; metrics: ROUGE of beam-search outputs on the eval pairs."""
 
-    def tokenize(batch):
-        encoded = tokenizer(batch[source], max_length=recipe.data.max_length, truncation=True)
-        encoded["labels"] = tokenizer(text_target=batch[target], max_length=recipe.data.max_target_length,
-                                      truncation=True)["input_ids"]
-        return encoded
+    task_type = "SEQ_2_SEQ_LM"
 
-    train_set = train_pairs.map(tokenize, batched=True, remove_columns=train_pairs.column_names, desc="tokenizing")
-    console.print(f"data: {len(train_set)} train pairs, {len(eval_pairs)} eval pairs")
-    args = Seq2SeqTrainingArguments(**trainer_options(recipe, run, model.dtype))
-    first_step = TimeToFirstStepCallback(started, run)
-    trainer = Seq2SeqTrainer(
-        model=peft_model, args=args, train_dataset=train_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
-        callbacks=[*run_callbacks(run, first_step), *methods.callbacks(peft_model, recipe.adapter)],
-        optimizers=(methods.optimizer(peft_model, recipe), None),
-    )
-    trainer.remove_callback(PrinterCallback)
-    result = train(trainer, run)
-    save_trained(trainer, peft_model, recipe, run)
+    def load_data(self, recipe: Recipe) -> Pairs:
+        return load_pairs(recipe)
 
-    predictions = generate(peft_model, tokenizer, eval_pairs[source], recipe)
-    references = eval_pairs[target]
-    lines = (json.dumps({"source": s, "reference": r, "prediction": p})
-             for s, r, p in zip(eval_pairs[source], references, predictions, strict=True))
-    atomic.write_text(run.path / "eval" / "predictions.jsonl", "\n".join(lines) + "\n")
-    scores = rouge(predictions, references)
-    metrics: dict[str, Any] = {
-        **training_metrics(result, first_step, len(train_set)),
-        "eval_rows": len(eval_pairs),
-        **{f"{prefix}_{name}": value for name, value in scores.items()},
-    }
-    metrics["parameters"] = counts.as_dict()
-    return metrics
+    def train_rows(self, data: Pairs) -> int:
+        return len(data.train)
+
+    def describe(self, data: Pairs) -> str:
+        return f"data: {len(data.train)} train pairs, {len(data.eval)} eval pairs"
+
+    def load_model(self, recipe: Recipe, data: Pairs):
+        return load_pretrained(recipe.model, "a seq2seq model", AutoModelForSeq2SeqLM, AutoTokenizer, console.print)
+
+    def make_trainer(self, recipe, model, processor, data: Pairs, options, callbacks, optimizers) -> Seq2SeqTrainer:
+        def tokenize(batch):
+            encoded = processor(batch[data.source], max_length=recipe.data.max_length, truncation=True)
+            encoded["labels"] = processor(text_target=batch[data.target], max_length=recipe.data.max_target_length,
+                                          truncation=True)["input_ids"]
+            return encoded
+
+        train_set = data.train.map(tokenize, batched=True, remove_columns=data.train.column_names, desc="tokenizing")
+        return Seq2SeqTrainer(
+            model=model, args=Seq2SeqTrainingArguments(**options), train_dataset=train_set,
+            data_collator=DataCollatorForSeq2Seq(processor, model=model), callbacks=callbacks, optimizers=optimizers,
+        )
+
+    def metrics(self, trainer, model, processor, data: Pairs, recipe, run) -> dict[str, Any]:
+        """ROUGE of the eval pairs' summaries; every prediction goes to RUN/eval/predictions.jsonl."""
+        sources, references = data.eval[data.source], data.eval[data.target]
+        predictions = generate(model, processor, sources, recipe)
+        lines = (json.dumps({"source": s, "reference": r, "prediction": p})
+                 for s, r, p in zip(sources, references, predictions, strict=True))
+        atomic.write_text(run.path / "eval" / "predictions.jsonl", "\n".join(lines) + "\n")
+        scores = rouge(predictions, references)
+        return {"eval_rows": len(data.eval), **{f"{data.prefix}_{name}": value for name, value in scores.items()}}
+
+
+FAMILY = Summarization()

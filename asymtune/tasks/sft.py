@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import datasets
-import torch
-from transformers import PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from asymtune.adapters import lora, methods
-from asymtune.callbacks import TimeToFirstStepCallback
 from asymtune.data.formats import to_prompt_completion
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.models import load_causal_lm
 from asymtune.recipe import Recipe
 from asymtune.report import console
-from asymtune.runs import RunDir
-from asymtune.tasks.base import (
-    evaluate_before_training,
-    prepare_model,
-    run_callbacks,
-    save_trained,
-    train,
-    trainer_options,
-    training_metrics,
-)
+from asymtune.tasks.base import TaskFamily, evaluate_before_training
 
 
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -36,25 +22,10 @@ def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset |
     spec = recipe.data
     train = to_prompt_completion(load_table(spec.train, spec.split, console.print), spec.format, spec.train)
     held_out = None
-    if isinstance(spec.eval, dict):
-        raise DataError("data.eval: task sft takes one held-out file or hub id, not a mapping")
     if spec.eval is not None:
         held_out = to_prompt_completion(load_table(spec.eval, "validation", console.print), spec.format, spec.eval)
     return train_eval_split(
         train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples, spec.max_eval_samples
-    )
-
-
-def trainer_arguments(recipe: Recipe, run: RunDir, has_eval: bool, dtype: torch.dtype) -> SFTConfig:
-    """SFTConfig from the recipe's train/data sections, over the options every task shares."""
-    periodic_eval = has_eval and recipe.train.eval_steps is not None
-    return SFTConfig(
-        **{**trainer_options(recipe, run, dtype), "eval_strategy": "steps" if periodic_eval else "no",
-           "average_tokens_across_devices": True},
-        eval_steps=recipe.train.eval_steps if periodic_eval else None,
-        max_length=recipe.data.max_length,
-        completion_only_loss=recipe.data.completion_only_loss,
-        dataset_num_proc=None,
     )
 
 
@@ -77,77 +48,66 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, callbacks) -> SFTTrainer:
-    """TRL's SFTTrainer on our (Peft)Model (no peft_config), after checking truncation kept some rows."""
-    trainer = SFTTrainer(
-        model=peft_model,
-        args=trainer_arguments(recipe, run, eval_set is not None, peft_model.dtype),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        processing_class=tokenizer,
-        callbacks=callbacks + methods.callbacks(peft_model, recipe.adapter),
-        optimizers=(methods.optimizer(peft_model, recipe), None),
-    )
-    trainer.remove_callback(PrinterCallback)
-    if getattr(peft_model, "is_quantized", False):
-        # TRL casts a quantized model's trainable parameters to bfloat16; keep them float32 as PEFT makes them
-        # (the optimizer's master copy), matching the frozen factors, which TRL does not see (they are buffers).
-        for param in peft_model.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-    check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
-    if eval_set is not None:
-        check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
-    return trainer
+class InstructionTuning(TaskFamily):
+    """TRL's SFTTrainer on prompt/completion rows; metrics: eval loss and perplexity, before and after."""
 
+    task_type = "CAUSAL_LM"
 
-def eval_metrics(trainer: SFTTrainer, eval_set: datasets.Dataset) -> dict[str, float]:
-    loss = trainer.evaluate()["eval_loss"]
-    return {"eval_loss": loss, "eval_perplexity": perplexity(loss), "eval_rows": len(eval_set)}
+    def load_data(self, recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+        return build_datasets(recipe)
 
+    def train_rows(self, data) -> int:
+        return len(data[0])
 
-def run(recipe: Recipe, run: RunDir) -> dict[str, Any]:
-    """Train per `recipe`, save the adapter into `run`, and return the final metrics."""
-    started = time.perf_counter()
-    set_seed(recipe.seed)
-    train_set, eval_set = build_datasets(recipe)  # data errors first: they come in seconds, the model in minutes
-    model, tokenizer = load_causal_lm(recipe.model, console.print)
-    peft_model, counts = prepare_model(model, recipe, "CAUSAL_LM", len(train_set))
-    console.print(f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows")
+    def describe(self, data) -> str:
+        train_set, eval_set = data
+        return f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows"
 
-    first_step = TimeToFirstStepCallback(started, run)
-    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, run_callbacks(run, first_step))
-    before = None
-    if eval_set is not None:
-        eval_started = time.perf_counter()
+    def load_model(self, recipe: Recipe, data):
+        return load_causal_lm(recipe.model, console.print)
+
+    def make_trainer(self, recipe, model, processor, data, options, callbacks, optimizers) -> SFTTrainer:
+        """SFTTrainer on our (Peft)Model (no peft_config), after checking truncation kept some rows."""
+        train_set, eval_set = data
+        periodic_eval = eval_set is not None and recipe.train.eval_steps is not None
+        args = SFTConfig(
+            **{**options, "eval_strategy": "steps" if periodic_eval else "no", "average_tokens_across_devices": True},
+            eval_steps=recipe.train.eval_steps if periodic_eval else None,
+            max_length=recipe.data.max_length,
+            completion_only_loss=recipe.data.completion_only_loss,
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                             processing_class=processor, callbacks=callbacks, optimizers=optimizers)
+        if getattr(model, "is_quantized", False):
+            # TRL casts a quantized model's trainable parameters to bfloat16; keep them float32 as PEFT makes them
+            # (the optimizer's master copy), matching the frozen factors, which TRL does not see (they are buffers).
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
+        check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
+        if eval_set is not None:
+            check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
+        return trainer
+
+    def before_training(self, trainer, data) -> dict[str, Any]:
+        if data[1] is None:
+            return {}
         untrained = evaluate_before_training(trainer)
-        before = untrained["eval_loss"] if untrained else None
-        first_step.exclude(time.perf_counter() - eval_started)
-    result = train(trainer, run)
-    save_trained(trainer, peft_model, recipe, run)
+        return {"eval_loss_before": untrained["eval_loss"] if untrained else None}
 
-    tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
-    runtime = result.metrics.get("train_runtime")
-    metrics: dict[str, Any] = {
-        **training_metrics(result, first_step, len(train_set)),
-        "train_tokens": tokens,
-        "train_tokens_per_s": tokens / runtime if tokens and runtime else None,
-    }
-    if eval_set is not None:
-        metrics.update(eval_loss_before=before, **eval_metrics(trainer, eval_set))
-    metrics["parameters"] = counts.as_dict()
-    return metrics
+    def metrics(self, trainer, model, processor, data, recipe, run) -> dict[str, Any]:
+        tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
+        runtime = next((log["train_runtime"] for log in reversed(trainer.state.log_history) if "train_runtime" in log),
+                       None)
+        metrics: dict[str, Any] = {}
+        if tokens:  # only a trainer that trained has counted tokens
+            metrics = {"train_tokens": tokens, "train_tokens_per_s": tokens / runtime if runtime else None}
+        eval_set = data[1]
+        if eval_set is not None:
+            loss = trainer.evaluate()["eval_loss"]
+            metrics.update(eval_loss=loss, eval_perplexity=perplexity(loss), eval_rows=len(eval_set))
+        return metrics
 
 
-def evaluate(recipe: Recipe, run: RunDir) -> dict[str, Any]:
-    """Re-run the task metrics of a finished run: eval loss and perplexity of its saved adapter."""
-    set_seed(recipe.seed)
-    if recipe.adapter.method != "lora":
-        raise DataError(f"{run.path}: re-evaluating method {recipe.adapter.method} is not built yet")
-    model, tokenizer = load_causal_lm(recipe.model, console.print)
-    peft_model = lora.load_adapter(model, run.adapter_dir)
-    train_set, eval_set = build_datasets(recipe)
-    if eval_set is None:
-        raise DataError(f"{run.path}: the recipe has no evaluation data (data.eval or data.eval_fraction)")
-    trainer = make_trainer(recipe, run, peft_model, tokenizer, train_set, eval_set, [])
-    return eval_metrics(trainer, eval_set)
+FAMILY = InstructionTuning()

@@ -1,0 +1,132 @@
+"""A training run from start (or resume) to its final status.
+
+`train` opens the run (a new run directory, or a stopped run that may be resumed), marks it running,
+installs the run's own SIGINT/SIGTERM handler, trains through the task's family and maps how training
+ended onto the run's status: completed (metrics written), failed on a user error (exit 2), failed on
+divergence or a crash (exit 1, traceback in logs/error.log), or interrupted (exit 130, with the
+command that resumes it). Under several processes rank 0 owns the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asymtune import atomic, distributed
+from asymtune import recipe as recipes
+from asymtune.errors import RunEnded, UserError
+from asymtune.runs import RunDir, RunDirError
+from asymtune.tasks.registry import TASKS, missing_extras
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A run that completed: where it is, what it trained and what it measured."""
+
+    run: RunDir
+    recipe: recipes.Recipe
+    metrics: dict[str, Any]
+
+
+def train(
+    recipe_file: Path | None, overrides: tuple[str, ...], output_dir: Path, resume_dir: Path | None,
+    argv: list[str], log: Callable[[str], None],
+) -> Finished:
+    """Train `recipe_file` into a new run under `output_dir`, or continue the stopped run `resume_dir`."""
+    if resume_dir is None:
+        if recipe_file is None:
+            raise UserError("give a RECIPE_FILE to train, or --resume RUN_DIR to continue a run")
+        recipe = recipes.load(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
+    elif recipe_file is not None or overrides:
+        raise UserError("--resume continues a run with the recipe it started with: drop RECIPE_FILE and --set")
+    else:
+        stopped = open_to_resume(resume_dir)  # on every rank, before rank 0 marks it running
+        recipe = recipes.load(stopped.path / "recipe.yaml")
+    missing = missing_extras(recipe.task)
+    if missing:
+        raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
+    if resume_dir is None:
+        run = distributed.shared_run_dir(lambda: start(recipe, output_dir, argv))
+    else:
+        from asymtune.checkpoints import newest_complete  # transformers loads only when training
+
+        run = distributed.shared_run_dir(lambda: stopped)
+        run.resume_from = newest_complete(run.path / "checkpoints", lambda m: log(f"[yellow]warning:[/yellow] {m}"))
+        start_point = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
+        log(f"resuming from {start_point}")
+        run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
+    run.set_status("running", pid=os.getpid(), host=platform.node())
+    log(f"run directory: [bold]{run.path}[/bold]")
+    metrics = execute(recipe, run)
+    run.write_metrics(metrics)
+    run.set_status("completed")
+    return Finished(run, recipe, metrics)
+
+
+def start(recipe: recipes.Recipe, output_dir: Path, argv: list[str]) -> RunDir:
+    """A new run directory holding the resolved recipe and the environment."""
+    run = RunDir.create(output_dir, recipe.name)
+    run.write_recipe(recipe)
+    run.write_env(recipe, argv)
+    return run
+
+
+def open_to_resume(path: Path) -> RunDir:
+    """The run at `path`, unless it completed or another process on this host is still training it."""
+    run = RunDir.open(path)
+    status = run.read_json("status.json") or {}
+    if status.get("status") == "completed":
+        raise RunDirError(f"{path}: the run already completed; start a new one with asymtune train RECIPE")
+    pid = status.get("pid")
+    if status.get("status") == "running" and status.get("host") == platform.node() and pid and _alive(pid):
+        raise RunDirError(f"{path}: still being trained by process {pid}; stop it first")
+    return run
+
+
+def execute(recipe: recipes.Recipe, run: RunDir) -> dict[str, Any]:
+    """Train `run` through its task family with the run's own stop handler; an error ends the run's status."""
+    from asymtune.callbacks import GracefulStop, NonFiniteLoss, TrainingInterrupted
+    from asymtune.tasks.base import fit
+
+    resume_hint = f"resume with: asymtune train --resume {run.path}"
+    stop = GracefulStop()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return fit(TASKS[recipe.task].family(), recipe, run, stop)
+    except UserError as error:
+        run.set_status("failed", error=str(error))
+        raise
+    except NonFiniteLoss as error:
+        run.set_status("failed", error=str(error))
+        raise RunEnded(f"{error}; the last checkpoint before it is kept in {run.path}/checkpoints", 1) from None
+    except TrainingInterrupted as error:
+        run.set_status("interrupted", step=error.step)
+        raise RunEnded(f"interrupted: {error}; {resume_hint}", 130) from None
+    except KeyboardInterrupt:
+        run.set_status("interrupted")
+        raise RunEnded(f"interrupted; {resume_hint}", 130) from None
+    except Exception as error:
+        if run.writes:
+            atomic.write_text(run.path / "logs" / "error.log", traceback.format_exc())
+        run.set_status("failed", error=f"{type(error).__name__}: {error}")
+        raise RunEnded(f"training failed: {type(error).__name__}: {error} (traceback in {run.path}/logs/error.log)",
+                       1) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
