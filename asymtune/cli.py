@@ -11,12 +11,10 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
 
-from asymtune import assets, distributed, runs
+from asymtune import assets, distributed, report, runs
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
-from asymtune.evaluation.mmlu import CATEGORY_TITLES
 from asymtune.report import console, results, summary_table
 
 # Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
@@ -65,9 +63,7 @@ def train(recipe_file, overrides, output_dir, resume_dir, nproc) -> None:
     from asymtune import lifecycle
 
     if nproc > 1:
-        argv = ["train", *([recipe_file] if recipe_file else []), *(f"--set={o}" for o in overrides),
-                f"--output-dir={output_dir}", *([f"--resume={resume_dir}"] if resume_dir else [])]
-        sys.exit(distributed.launch(nproc, argv))
+        sys.exit(distributed.launch(nproc, distributed.train_argv(recipe_file, overrides, output_dir, resume_dir)))
     finished = lifecycle.train(Path(recipe_file) if recipe_file else None, overrides, Path(output_dir),
                                Path(resume_dir) if resume_dir else None, sys.argv, log)
     console.print(summary_table(f"{finished.recipe.name} — done", finished.metrics))
@@ -105,11 +101,7 @@ def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch
         return
     options = run_eval.mmlu_options(mmlu_data, subjects, num_fewshot, batch_size, limit, device, log)
     for run, summary in run_eval.evaluate_mmlu(list(run_refs), base_model, root, options, log):
-        table = Table(title=f"MMLU — {run.path.name}")
-        for name in summary:
-            table.add_column(CATEGORY_TITLES[name], justify="right")
-        table.add_row(*(f"{100 * v['acc']:.2f} ± {100 * (v['stderr'] or 0):.2f}" for v in summary.values()))
-        results.print(table)
+        results.print(report.mmlu_table(run.path.name, summary))
 
 
 @main.command()
@@ -136,12 +128,7 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 @click.option("--dir", "folder", default=str(SHIPPED_RECIPES), show_default=True, type=click.Path(file_okay=False))
 def list_recipes(folder: str) -> None:
     """List the shipped recipes with their one-line descriptions."""
-    table = Table(title=f"Recipes in {folder}")
-    table.add_column("recipe")
-    table.add_column("description")
-    for path, description in recipes.catalogue(Path(folder)):
-        table.add_row(escape(path), escape(description))
-    results.print(table)
+    results.print(report.listing(f"Recipes in {folder}", ("recipe", "description"), recipes.catalogue(Path(folder))))
 
 
 @main.group(name="assets")
@@ -152,13 +139,10 @@ def assets_group() -> None:
 @assets_group.command(name="list")
 def assets_list() -> None:
     """List the named assets and whether they are in the cache."""
-    table = Table(title=f"Assets (cache: {assets.cache_dir()})")
-    for column in ("name", "package", "ready", "description"):
-        table.add_column(column)
-    for asset in assets.ASSETS.values():
-        ready = "yes" if assets.prepared_path(asset).exists() else "no"
-        table.add_row(asset.name, f"{asset.package}=={asset.version}", ready, asset.description)
-    results.print(table)
+    rows = [(a.name, f"{a.package}=={a.version}", "yes" if assets.prepared_path(a).exists() else "no", a.description)
+            for a in assets.ASSETS.values()]
+    results.print(report.listing(f"Assets (cache: {assets.cache_dir()})", ("name", "package", "ready", "description"),
+                                 rows))
 
 
 @assets_group.command(name="fetch")
@@ -229,14 +213,9 @@ def similarity(run_refs: tuple[str, ...], folder: str | None, output_dir: str) -
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError("similarity draws heatmaps with matplotlib: pip install 'asymtune[analysis]'")
     found = runs.resolve(list(run_refs), Path(output_dir))
-    report = sim.compare_runs(found, Path(folder) if folder else None)
-    table = Table(title=f"Subspace similarity, mean over layers and {report.record['pairs']} run pairs")
-    for column in ("target", "A", "B"):
-        table.add_column(column, justify="left" if column == "target" else "right")
-    for target, values in report.record["per_target"].items():
-        table.add_row(target, f"{values['A']:.4f}", f"{values['B']:.4f}")
-    results.print(table)
-    console.print(f"heatmaps: {', '.join(str(p) for p in report.images)}")
+    drawn = sim.compare_runs(found, Path(folder) if folder else None)
+    results.print(report.similarity_table(drawn.record))
+    console.print(f"heatmaps: {', '.join(str(p) for p in drawn.images)}")
 
 
 @main.command()
@@ -258,32 +237,18 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, 
     from asymtune.analysis import theory as th
 
     grid = th.parse_grid(dims, ranks, input_ranks)
-    table = Table(title=f"Least-squares asymmetry (Lemmas 4.1/4.2): mean ± std over {trials} draws, noise σ²={noise}")
-    for column in ("d", "r", "input rank", "unadapted", "B-only (A frozen)", "A-only (B frozen)", "gap L_A − L_B"):
-        table.add_column(column, justify="right")
-    for d, r, x in track(grid, description="sampling", console=console):
-        result = th.asymmetry_gap(d, r, x, trials, noise, seed)
-        table.add_row(str(d), str(r), str(x), f"{result.loss_unadapted:.4f}",
-                      *(f"{m:.4f} ± {s:.4f}" for m, s in (result.loss_b_only, result.loss_a_only, result.gap)))
-    results.print(table)
+    gaps = [th.asymmetry_gap(d, r, x, trials, noise, seed) for d, r, x in track(grid, "sampling", console=console)]
+    results.print(report.theory_table(trials, noise, gaps))
     if run_ref:
         named = runs.resolve([run_ref], Path(output_dir))
         if len(named) != 1:
             raise UserError(f"--run {run_ref}: names {len(named)} runs; give one run")
         ratios, rank = th.run_bound_ratios(named[0])
-        print_bound_ratios(str(named[0].path), ratios, rank)
+        results.print(report.bound_ratios_line(str(named[0].path), ratios, rank), highlight=False)
     if recipe_file:
         recipe = recipes.load(recipe_file)
-        print_bound_ratios(recipe_file, th.recipe_bound_ratios(recipe, recipe_file, log), recipe.adapter.rank)
-
-
-def print_bound_ratios(source: str, ratios, rank: int) -> None:
-    results.print(
-        f"Lemma 4.5 for {source}: Σd_in = {ratios.sum_d_in:,}, Σd_out = {ratios.sum_d_out:,}; "
-        f"bound(B-only)/bound(both) = {ratios.b_only:.4f}, bound(A-only)/bound(both) = {ratios.a_only:.4f} "
-        f"at rank {rank}; B-only at rank {2 * rank} has ratio {ratios.b_only * 2 ** 0.5:.4f}.",
-        highlight=False,
-    )
+        ratios = th.recipe_bound_ratios(recipe, recipe_file, log)
+        results.print(report.bound_ratios_line(recipe_file, ratios, recipe.adapter.rank), highlight=False)
 
 
 @main.command()
@@ -314,14 +279,9 @@ def list_runs(root: str) -> None:
     """List the runs under ROOT: status, recipe, task, method, age and main result, newest first."""
     from asymtune.run_list import summaries
 
-    table = Table(title=f"Runs under {root}")
-    for column in ("run", "status", "task", "method", "age", "result"):
-        table.add_column(column, justify="right" if column == "age" else "left", overflow="fold")
-    for line in summaries(Path(root)):
-        hours = line.age_hours
-        age = f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} d"
-        table.add_row(escape(line.run), line.status, line.task, line.method, age, escape(line.result))
-    results.print(table)
+    rows = [(r.run, r.status, r.task, r.method, report.age(r.age_hours), r.result) for r in summaries(Path(root))]
+    results.print(report.listing(f"Runs under {root}", ("run", "status", "task", "method", "age", "result"), rows,
+                                 right=("age",)))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,14 @@ def shared_run_dir(make: Callable[[], RunDir]) -> RunDir:
     return run
 
 
+def train_argv(
+    recipe_file: str | None, overrides: tuple[str, ...], output_dir: str, resume_dir: str | None
+) -> list[str]:
+    """The `asymtune train` arguments each launched process runs (the same command, without --nproc)."""
+    return ["train", *([recipe_file] if recipe_file else []), *(f"--set={o}" for o in overrides),
+            f"--output-dir={output_dir}", *([f"--resume={resume_dir}"] if resume_dir else [])]
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Re-run `asymtune <argv>` as `nproc` processes through accelerate; return their exit status."""
     # accelerate's multi-GPU launcher is torchrun underneath: one process per GPU, or over gloo on CPU.

@@ -21,8 +21,8 @@ from typing import Any
 from asymtune import atomic, distributed
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
+from asymtune.registry import TASKS, missing_extras
 from asymtune.runs import RunDir, RunDirError
-from asymtune.tasks.registry import TASKS, missing_extras
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from asymtune.errors import UserError
+from asymtune.registry import TASKS
 
 NAME_PATTERN = re.compile(r"^[a-z0-9._-]+$")
 FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
@@ -68,7 +69,9 @@ class ModelSpec(_Strict):
         return self
 
 
-GlueTaskName = Literal["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+GlueTaskName = Literal[TASKS["classification"].datasets]  # type: ignore[valid-type]
+Summarization = Literal[TASKS["seq2seq"].datasets]  # type: ignore[valid-type]
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 
 
 class DataSpec(_Strict):
@@ -78,7 +81,7 @@ class DataSpec(_Strict):
     glue_task: GlueTaskName | None = Field(None, description="classification: GLUE columns, labels, metrics")
     text_fields: list[str] | None = Field(None, description="classification: input column(s) of your own data")
     label_field: str = "label"
-    summarization: Literal["xsum", "cnn_dailymail"] | None = Field(None, description="seq2seq: built-in dataset")
+    summarization: Summarization | None = Field(None, description="seq2seq: built-in dataset")
     source_field: str | None = Field(None, description="seq2seq: input column of your own data")
     target_field: str | None = Field(None, description="seq2seq: output column of your own data")
     max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
@@ -207,7 +210,7 @@ class GenerationSpec(_Strict):
 class Recipe(_Strict):
     name: str
     description: str = ""
-    task: Literal["sft", "classification", "seq2seq", "image"]
+    task: TaskName
     seed: int = 0
     model: ModelSpec
     data: DataSpec
@@ -218,16 +221,12 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _data_fits_task(self) -> Recipe:
         data = self.data
-        keys_of = {
-            "sft": ("format",),
-            "classification": ("glue_task", "text_fields"),
-            "seq2seq": ("summarization", "source_field", "target_field"),
-            "image": ("train_envs", "class_map", "image_size"),
-        }
-        for task, keys in keys_of.items():
-            stray = [f"data.{key}" for key in keys if task != self.task and getattr(data, key)]
+        for task, info in TASKS.items():
+            stray = [f"data.{key}" for key in info.data_keys if task != self.task and getattr(data, key)]
             if stray:
                 raise ValueError(f"{', '.join(stray)} belong(s) to task {task}, not {self.task}")
+        if isinstance(data.eval, dict) and not TASKS[self.task].eval_mapping:
+            raise ValueError(f"data.eval: task {self.task} takes one held-out file or hub id, not a mapping")
         if self.task == "sft" and data.format is None:
             raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
         if self.task == "classification" and not (data.glue_task or data.text_fields):

@@ -9,8 +9,8 @@ from pathlib import Path
 from asymtune import recipe as recipes
 from asymtune.compare import method_name
 from asymtune.evaluation.run_eval import read_evaluations
+from asymtune.registry import headline_metric
 from asymtune.runs import RunDirError, resolve
-from asymtune.tasks.registry import headline_metric
 
 
 @dataclass(frozen=True)

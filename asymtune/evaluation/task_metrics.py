@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from asymtune import atomic, recipe
+from asymtune.registry import TASKS
 from asymtune.runs import RunDir, RunDirError
-from asymtune.tasks.registry import TASKS
 
 TASK_FILE = "task.json"
 
@@ -14,11 +14,9 @@ TASK_FILE = "task.json"
 def rerun(run: RunDir) -> tuple[recipe.Recipe, dict[str, Any]]:
     """(the run's recipe, its task metrics re-computed from its saved adapter or model); written to
     RUN/eval/task.json."""
-    from asymtune.tasks.base import evaluate_saved  # torch and the task's libraries load only here
-
     if run.status != "completed":
         raise RunDirError(f"{run.path}: status {run.status}; only completed runs have an adapter to evaluate")
     trained = recipe.load(run.path / "recipe.yaml")
-    metrics = evaluate_saved(TASKS[trained.task].family(), trained, run)
+    metrics = TASKS[trained.task].evaluate_saved(trained, run)
     atomic.write_json(run.path / "eval" / TASK_FILE, metrics)
     return trained, metrics

@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from asymtune.recipe import Recipe
+    from asymtune.runs import RunDir
     from asymtune.tasks.base import TaskFamily
 
 
@@ -28,6 +30,10 @@ class TaskInfo:
     def family(self) -> TaskFamily:
         """The task's runner (imports torch, transformers and the task's own libraries)."""
         return importlib.import_module(f"asymtune.tasks.{self.name}").FAMILY
+
+    def evaluate_saved(self, trained: Recipe, run: RunDir) -> dict[str, Any]:
+        """The task's metrics of the finished `run`, from its saved adapter or model (tasks.base)."""
+        return importlib.import_module("asymtune.tasks.base").evaluate_saved(self.family(), trained, run)
 
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")

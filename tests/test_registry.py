@@ -1,0 +1,35 @@
+"""The task registry agrees with the task modules and the recipe schema it feeds."""
+
+import pytest
+from conftest import sft_recipe
+
+from asymtune.data.glue import GLUE
+from asymtune.recipe import Recipe, RecipeError, load
+from asymtune.registry import TASKS, headline_metric
+from asymtune.tasks import image, seq2seq
+from asymtune.tasks.base import TaskFamily
+
+
+def test_every_task_has_a_family_and_its_built_in_datasets():
+    assert set(Recipe.model_fields["task"].annotation.__args__) == set(TASKS)
+    for info in TASKS.values():
+        assert isinstance(info.family(), TaskFamily)
+    assert set(TASKS["classification"].datasets) == set(GLUE)
+    assert set(TASKS["seq2seq"].datasets) == set(seq2seq.BUILT_IN)
+    assert set(TASKS["image"].datasets) == set(image.BUILT_IN)
+
+
+def test_data_keys_of_another_task_and_eval_mappings_are_refused_by_the_recipe(write_recipe, alpaca_file, tmp_path):
+    base_recipe = sft_recipe(tmp_path, alpaca_file)
+    with pytest.raises(RecipeError, match=r"data.train_envs belong\(s\) to task image, not sft"):
+        load(write_recipe({**base_recipe, "data": {**base_recipe["data"], "train_envs": ["a"]}}))
+    mapping = {**base_recipe, "data": {**base_recipe["data"], "eval": {"a": "x.jsonl", "b": "y.jsonl"}}}
+    with pytest.raises(RecipeError, match="task sft takes one held-out file or hub id, not a mapping"):
+        load(write_recipe(mapping))
+
+
+def test_headline_metric_follows_the_task():
+    metrics = {"eval_loss": 2.0, "eval_validation_accuracy": 0.9, "glue_sst2": 0.91, "mmlu_average": 0.3}
+    assert headline_metric(metrics, "classification") == ("glue_sst2", 0.91)
+    assert headline_metric(metrics, "sft") == ("mmlu_average", 0.3)
+    assert headline_metric({"skipped": True, "eval_loss": 1.5}, "sft") == ("eval_loss", 1.5)
