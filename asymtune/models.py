@@ -53,7 +53,22 @@ def load_causal_lm(
         ) from None
     if spec.quantization and not torch.cuda.is_available():
         keep_4bit_layers_differentiable_on_cpu(model)
+    check_vocabulary(model, tokenizer, spec.name)
     return model, with_pad_token(tokenizer)
+
+
+def check_vocabulary(model: torch.nn.Module, tokenizer, source: str) -> None:
+    """Refuse a tokenizer that does not belong to the model: more tokens than embedding rows, or fewer than half
+    of them (models pad their embeddings to a multiple of 64 or 128, never to twice the vocabulary)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is None or not hasattr(tokenizer, "__len__"):
+        return
+    if len(tokenizer) > rows or len(tokenizer) < rows // 2:
+        raise ModelLoadError(
+            f"model {source!r}: its tokenizer has {len(tokenizer):,} tokens but the model's embeddings have {rows:,} "
+            "rows, so the tokenizer does not belong to the model (a model folder saved without its tokenizer?)"
+        )
 
 
 def keep_4bit_layers_differentiable_on_cpu(model: torch.nn.Module) -> None:
@@ -107,6 +122,7 @@ def load_pretrained(
         model = model_class.from_pretrained(source, dtype=select_dtype(spec.dtype), **model_kwargs, **options)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"model.name {spec.name!r}: cannot load {what}: {_first_line(error)}") from None
+    check_vocabulary(model, processor, spec.name)
     return model, processor
 
 

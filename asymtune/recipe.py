@@ -1,26 +1,40 @@
 """Recipes: typed YAML documents that say what to fine-tune and how.
 
-`load(path, overrides)` reads a recipe with `yaml.safe_load`, resolves `extends:` (a path
-relative to the file, deep-merged, the child wins, cycles rejected), applies `--set
-key.path=value` overrides (values parsed as YAML) and validates the result against the
-pydantic models below. Every problem is raised as one `RecipeError` naming the file and the
-dotted key, so the CLI can print it and exit 2 without a traceback.
+`load(path, overrides)` reads a recipe with `yaml.safe_load` (bounded in size, nesting and alias
+expansion), resolves `extends:` (a path relative to the file, deep-merged, the child wins, cycles
+rejected), applies `--set key.path=value` overrides (values parsed as YAML), resolves relative local
+paths against the file that set them (`--set`: the working directory) and validates the result against
+the pydantic models below. Every problem is raised as one `RecipeError` naming the file and the dotted
+key, so the CLI can print it and exit 2 without a traceback.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from asymtune import assets
 from asymtune.errors import UserError
 from asymtune.registry import TASKS
 
 NAME_PATTERN = re.compile(r"^[a-z0-9._-]+$")
+MAX_NAME_LENGTH = 100  # a run folder name, well inside every file system's 255
+MAX_SEED = 2**32 - 1  # numpy's seed range (the Trainer seeds numpy too)
+MAX_RECIPE_BYTES = 1 << 20
+MAX_DEPTH = 16  # a recipe is 3 levels deep; lists of mappings (data.eval) add one or two
+MAX_NODES = 20_000  # keys and values, aliases counted each time they are used
+LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".gguf")
+PATH_KEYS = ("model.name", "model.gguf_file", "data.train", "data.eval")
+KEY_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "epoch": "epochs", "wd": "weight_decay",
+               "steps": "max_steps", "r": "rank", "lora_alpha": "alpha", "target_modules": "targets",
+               "gradient_accumulation_steps": "grad_accum", "lora_dropout": "dropout"}
 FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
 
 
@@ -80,13 +94,16 @@ class DataSpec(_Strict):
     config: str | None = Field(None, description="hub dataset configuration (GLUE: the task)")
     glue_task: GlueTaskName | None = Field(None, description="classification: GLUE columns, labels, metrics")
     text_fields: list[str] | None = Field(None, description="classification: input column(s) of your own data")
+    encoding: str = Field("utf-8", description="text encoding of local csv/tsv/json/jsonl files and .txt folders")
     label_field: str = "label"
     summarization: Summarization | None = Field(None, description="seq2seq: built-in dataset")
     source_field: str | None = Field(None, description="seq2seq: input column of your own data")
     target_field: str | None = Field(None, description="seq2seq: output column of your own data")
     max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
     train_envs: list[str] | None = Field(None, description="image: DomainBed environment(s) to train on")
-    class_map: dict[str, dict[str, str]] | None = Field(None, description="image: {env: {folder: class}}")
+    class_map: dict[str, dict[str, str | None]] | None = Field(
+        None, description="image: {env: {folder: class}}; a folder mapped to null is left out"
+    )
     image_size: int | None = Field(
         None, ge=16, description="image: square input size for timm models that accept any (default: the model's)"
     )
@@ -99,6 +116,21 @@ class DataSpec(_Strict):
     max_eval_samples: int | None = Field(None, ge=1)
     max_length: int = Field(1024, ge=8)
     completion_only_loss: bool = True
+
+    @field_validator("text_fields", "train_envs", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"{value!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
 
 
 Method = Literal["lora", "lora_fa", "adalora", "ia3", "vera", "full", "linear_probe"]
@@ -115,7 +147,7 @@ class AdapterSpec(_Strict):
     alpha: float | None = Field(None, gt=0, description="default 2 x rank, as in the paper")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     targets: list[str] | Literal["all-linear"] | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="drives every random factor")
     A: FactorSpec = FactorSpec(init="kaiming_uniform", trainable=True)
     B: FactorSpec = FactorSpec(init="zero", trainable=True)
     fused: bool = Field(True, description="fused forward/backward for frozen-A layers (B-only)")
@@ -130,6 +162,11 @@ class AdapterSpec(_Strict):
     @property
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @field_validator("targets", "ia3_feedforward", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) and value != "all-linear" else value
 
     @field_validator("targets")
     @classmethod
@@ -211,7 +248,7 @@ class Recipe(_Strict):
     name: str
     description: str = ""
     task: TaskName
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelSpec
     data: DataSpec
     adapter: AdapterSpec
@@ -251,17 +288,29 @@ class Recipe(_Strict):
             raise ValueError(f"{value!r} may use only lowercase letters, digits, '.', '_' and '-'")
         if value in {".", ".."}:
             raise ValueError(f"{value!r} is not a usable folder name")
+        if len(value) > MAX_NAME_LENGTH:
+            raise ValueError(f"{len(value)} characters; a run folder name has at most {MAX_NAME_LENGTH}")
         return value
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, merge, override and validate a recipe; raise RecipeError on any problem."""
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_files: bool = True) -> Recipe:
+    """Read, merge, override and validate a recipe; raise RecipeError on any problem.
+
+    Relative local paths (model.name, model.gguf_file, data.train, data.eval) are made absolute against the
+    folder of the file that set them; with `check_files`, local paths that do not exist are errors."""
     path = Path(path)
     document, origins = _read_with_extends(path, chain=())
     for override in overrides:
         key, value = _parse_override(override)
         _set_dotted(document, key, value, origins, source=f"--set {override}")
-    return validate(document, origins, path)
+    missing = _resolve_paths(document, origins)
+    recipe = validate(document, origins, path)
+    if check_files and missing:
+        raise RecipeError("\n".join(
+            f"{origins.get(key, path)}: '{key}': {file} does not exist (relative paths are resolved against the "
+            "recipe file that sets them)" for key, file in missing
+        ))
+    return recipe
 
 
 def validate(document: dict[str, Any], origins: dict[str, str], path: Path) -> Recipe:
@@ -284,7 +333,7 @@ def catalogue(root: Path) -> list[tuple[str, str]]:
         if file.name == "base.yaml" or "base" in relative.parts:
             continue
         try:
-            description = load(file).description
+            description = load(file, check_files=False).description
         except RecipeError as error:
             description = f"invalid: {str(error).splitlines()[0]}"
         entries.append((str(relative), description))
@@ -301,10 +350,12 @@ def to_yaml(recipe: Recipe) -> str:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_RECIPE_BYTES + 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+        document = parse_yaml(raw.decode("utf-8"), str(path))
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not UTF-8 text") from None
     if document is None:
@@ -326,7 +377,7 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, A
         return document, own_origins
     if not isinstance(parent_ref, str):
         raise RecipeError(f"{path}: 'extends' must be a relative path to another recipe")
-    parent_path = path.parent / parent_ref
+    parent_path = Path(os.path.normpath(path.parent / parent_ref))
     if not parent_path.is_file():
         raise RecipeError(f"{path}: 'extends' names {parent_ref!r}, but {parent_path} does not exist")
     parent, origins = _read_with_extends(parent_path, (*chain, resolved))
@@ -354,15 +405,83 @@ def _dotted_keys(document: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)`, refusing documents nested deeper than MAX_DEPTH or with more than MAX_NODES
+    values once aliases are expanded (a "billion laughs" document), and integers Python will not parse."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{where}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise RecipeError(f"{where}: {error}") from None
+    _check_shape(document, where)
+    return document
+
+
+def _check_shape(document: Any, where: str) -> None:
+    stack, seen = [(document, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"{where}: nested more than {MAX_DEPTH} levels deep; not a recipe")
+        if seen > MAX_NODES:
+            raise RecipeError(f"{where}: more than {MAX_NODES:,} values (with YAML aliases expanded); not a recipe")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for pair in node.items() for child in pair)
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
 def _parse_override(override: str) -> tuple[str, Any]:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {override!r}: expected key.path=value, e.g. train.learning_rate=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise RecipeError(f"--set {override!r}: the value is not valid YAML: {error}") from None
+    value = parse_yaml(raw, f"--set {override!r}: the value") if raw.strip() else ""
     return key.strip(), value
+
+
+def _looks_local(key: str, value: str, base: Path, document: dict[str, Any]) -> bool:
+    """Whether a path-valued key names a local file or folder rather than a hub id, asset or built-in dataset."""
+    built_in = {name for info in TASKS.values() for name in info.datasets}
+    if assets.is_asset(value) or value in built_in:
+        return False
+    if value.startswith(("./", "../", "/", "~")) or (base / value).exists() or key == "model.gguf_file":
+        return True
+    if key == "model.name":
+        return False  # a hub id unless it is a folder
+    return Path(value).suffix.lower() in LOCAL_SUFFIXES or (document.get("task") == "image" and key == "data.train")
+
+
+def _resolve_paths(document: dict[str, Any], origins: dict[str, str]) -> list[tuple[str, str]]:
+    """Make relative local paths absolute against the folder of the file that set them (`--set`: the working
+    directory), in place; return (dotted key, path) of the local paths that do not exist."""
+    missing = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = document.get(section)
+        if not isinstance(node, dict):
+            continue
+        value = node.get(name)
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, item in entries:
+            dotted = f"{key}.{sub}" if sub is not None else key
+            if not isinstance(item, str) or not item.strip():
+                continue
+            origin = origins.get(dotted) or origins.get(key, "")
+            base = Path.cwd() if origin.startswith("--set") or not origin else Path(origin).parent
+            if not _looks_local(key, item, base, document):
+                continue
+            absolute = os.path.abspath(base / Path(item).expanduser())
+            if sub is None:
+                node[name] = absolute
+            else:
+                value[sub] = absolute
+            if not Path(absolute).exists():
+                missing.append((dotted, absolute))
+    return missing
 
 
 def _set_dotted(
@@ -412,9 +531,13 @@ def _closest_key(loc: tuple[str, ...]) -> str | None:
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        sections = [a for a in typing.get_args(field.annotation) or (field.annotation,)
+                    if isinstance(a, type) and issubclass(a, BaseModel)] if field else []
+        if not sections:  # a section, or an optional one (X | None)
             return None
-        model = annotation
-    matches = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+        model = sections[0]
+    fields = list(model.model_fields)
+    if KEY_ALIASES.get(loc[-1]) in fields:
+        return KEY_ALIASES[loc[-1]]
+    matches = difflib.get_close_matches(loc[-1], fields, n=1, cutoff=0.5)
     return matches[0] if matches else None

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from asymtune.checkpoints import Checkpoint
 
 LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pydantic")
+LABELS_FILE = "labels.json"
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
@@ -105,6 +106,12 @@ class RunDir:
     @_rank_zero_only
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic.write_json(self.path / "metrics.json", metrics)
+
+    @_rank_zero_only
+    def write_labels(self, names: list[str]) -> None:
+        """A classifier's classes in output order, as transformers' id2label / label2id."""
+        atomic.write_json(self.path / LABELS_FILE, {"id2label": dict(enumerate(names)),
+                                                    "label2id": {name: i for i, name in enumerate(names)}})
 
     @_rank_zero_only
     def append_log(self, record: dict[str, Any]) -> None:

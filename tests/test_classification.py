@@ -146,4 +146,37 @@ def test_unloadable_model_is_a_clear_error(write_recipe, tmp_path):
     data = {"train": str(write_jsonl(tmp_path / "d.jsonl", pair_rows(6, 0, lambda i: i % 2))), "glue_task": "rte",
             "eval_fraction": 0.5}
     result, _ = train(write_recipe, classification_recipe(tmp_path / "no-model", data), tmp_path / "runs")
+    assert result.exit_code == 2 and "no-model does not exist" in result.output  # before anything loads
+    (tmp_path / "no-model").mkdir()
+    result, _ = train(write_recipe, classification_recipe(tmp_path / "no-model", data), tmp_path / "runs")
     assert result.exit_code == 2 and "cannot load a sequence classifier" in result.output
+
+
+@pytest.mark.parametrize("labels, message", [
+    (lambda i: "spam", "holds 1 class(es) (spam)"),
+    (lambda i: [0.37, 1.25, None][i % 3], "looks continuous"),
+    (lambda i: [1.0, None][i % 2], "row 1: label column 'label' is empty (null)"),
+])
+def test_one_class_continuous_or_null_labels_are_refused_naming_the_column(
+    tiny_roberta_dir, write_recipe, tmp_path, labels, message
+):
+    data = {"train": str(write_jsonl(tmp_path / "d.jsonl", pair_rows(40, 0, labels))),
+            "text_fields": ["sentence1", "sentence2"], "eval_fraction": 0.25}
+    result, found = train(write_recipe, classification_recipe(tiny_roberta_dir, data), tmp_path / "runs")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output) < 600  # a few values, never every one of them
+    assert [run.status for run in found] == ["failed"]
+
+
+def test_a_latin1_file_reads_with_data_encoding(tiny_roberta_dir, write_recipe, tmp_path):
+    rows = "sentence1,sentence2,label\n" + "".join(f"caf\xe9 {i},cr\xe8me {i},{['oui', 'non'][i % 2]}\n"
+                                                    for i in range(12))
+    (tmp_path / "d.csv").write_bytes(rows.encode("latin-1"))
+    data = {"train": str(tmp_path / "d.csv"), "text_fields": ["sentence1", "sentence2"], "eval_fraction": 0.25}
+    recipe = classification_recipe(tiny_roberta_dir, data)
+    result, _ = train(write_recipe, recipe, tmp_path / "a")
+    assert result.exit_code == 2 and "line 2 is not valid utf-8" in result.output and "data.encoding" in result.output
+    recipe["data"]["encoding"] = "latin-1"
+    result, [run] = train(write_recipe, recipe, tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert run.read_json("metrics.json")["train_rows"] == 9

@@ -1,5 +1,7 @@
 """Compact, PEFT and merged adapter forms."""
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -81,3 +83,22 @@ def test_export_refuses_to_overwrite_and_needs_one_form(trained_run, tmp_path):
     assert result.exit_code == 2 and "exists" in result.output
     result = CliRunner().invoke(main, ["export", str(trained_run.path)])
     assert result.exit_code == 2 and "exactly one" in result.output
+
+
+def test_compact_form_records_checksums_and_refuses_a_factor_that_regenerates_differently(trained_run, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", str(trained_run.path), "--compact", str(tmp_path / "c")]).exit_code == 0
+    record = json.loads((tmp_path / "c" / "compact.json").read_text())
+    module = next(iter(record["checksums"]))
+    assert set(record["checksums"][module]) == {"A"} and len(record["checksums"][module]["A"]) == 64
+    record["checksums"][module]["A"] = "0" * 64  # what a changed random stream would look like
+    (tmp_path / "c" / "compact.json").write_text(json.dumps(record))
+    result = runner.invoke(main, ["export", str(tmp_path / "c"), "--peft", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "regenerates differently" in result.output and module in result.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_export_under_a_file_is_refused(trained_run, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = CliRunner().invoke(main, ["export", str(trained_run.path), "--compact", str(tmp_path / "a-file" / "c")])
+    assert result.exit_code == 2 and "is a file" in result.output and "Traceback" not in result.output

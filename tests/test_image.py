@@ -125,3 +125,33 @@ def test_coloured_digits_environments_differ_only_in_colour(tmp_path):
         r > g
         and green.getpixel((brightest % 8, brightest // 8))[1] > green.getpixel((brightest % 8, brightest // 8))[0]
     )
+
+
+def test_a_truncated_jpeg_is_skipped_and_counted(tmp_path):
+    root = write_domainbed(tmp_path / "pacs")
+    whole = root / "photo" / "dog" / "whole.jpg"
+    Image.effect_noise((64, 64), 60).convert("RGB").save(whole, quality=95)
+    cut = root / "photo" / "dog" / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with Image.open(cut) as image:
+        image.verify()  # what passed before: verify() does not decode, load() does
+    data = split(root, ["photo"], seed=0)
+    assert [p.name for p in data.skipped] == ["cut.jpg"]
+    assert any(p.name == "whole.jpg" for p, _ in data.train + data.id_test)
+
+
+def test_class_map_to_null_drops_a_class_folder(tmp_path):
+    # VLCS's labelme has no 'person': drop the class where the others have it
+    root = write_domainbed(tmp_path / "vlcs", classes_of={"sketch": ("dog",), "photo": ("dog", "car", "person"),
+                                                          "cartoon": ("dog", "car", "person")})
+    with pytest.raises(DataError, match="class folders differ"):
+        split(root, ["photo"], seed=0)
+    dropped = {"photo": {"car": None, "person": None}, "cartoon": {"car": None, "person": None}}
+    with pytest.raises(DataError, match="at least two classes"):  # one class left is refused, not "100%"
+        split(root, ["photo"], seed=0, class_map=dropped)
+    two = write_domainbed(tmp_path / "two", classes_of={"sketch": ("dog", "car"), "photo": ("dog", "car", "person"),
+                                                        "cartoon": ("dog", "car")})
+    data = split(two, ["cartoon"], seed=0, class_map={"photo": {"person": None}})
+    assert data.classes == ["car", "dog"] and len(data.ood["photo"]) == 10
+    with pytest.raises(DataError, match=r"data.class_map.photo: no class folder\(s\) persn"):
+        split(two, ["cartoon"], seed=0, class_map={"photo": {"persn": None}})

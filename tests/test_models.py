@@ -59,3 +59,12 @@ def test_lm_eval_arguments_never_trust_remote_code_by_default(tiny_llama_dir):
 
     args = lm_eval_model_args(ModelSpec(name=str(tiny_llama_dir)))
     assert args == {"pretrained": str(tiny_llama_dir), "trust_remote_code": False}  # a bool: "False" would be truthy
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused_naming_both_sizes(tiny_llama_dir, tmp_path):
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
+    model.resize_token_embeddings(1000)  # as if the folder's tokenizer came from another model
+    model.save_pretrained(tmp_path / "mismatched")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "mismatched")
+    with pytest.raises(ModelLoadError, match="tokenizer has 400 tokens but the model's embeddings have 1,000 rows"):
+        load_causal_lm(ModelSpec(name=str(tmp_path / "mismatched")))

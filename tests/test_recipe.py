@@ -10,11 +10,14 @@ from asymtune.cli import main
 from asymtune.recipe import RecipeError, load
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "base" not in p.parts and p.name != "base.yaml")
+SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*.yaml")
+                 if "base" not in p.relative_to(REPO).parts and p.name != "base.yaml")
 
 
 @pytest.fixture
 def base(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     return sft_recipe(tmp_path / "model", tmp_path / "data.jsonl")
 
 
@@ -119,7 +122,11 @@ def test_train_rejects_bad_recipe_before_loading_anything_and_without_traceback(
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO)) for p in SHIPPED])
 def test_every_shipped_recipe_validates(path):
-    recipe = load(path)
+    try:
+        recipe = load(path)
+    except RecipeError as error:  # only the DomainBed photos, which a user downloads, may be missing
+        assert "data/DomainBed/" in str(error) and "does not exist" in str(error), str(error)
+        recipe = load(path, check_files=False)
     assert recipe.description, f"{path} needs a one-line description for `asymtune recipes`"
 
 

@@ -84,9 +84,19 @@ def test_missing_target_column_is_named(tiny_bart_dir, write_recipe, tmp_path):
 
 
 def test_seq2seq_recipe_needs_fields_or_a_built_in_dataset(write_recipe, tmp_path):
-    recipe = seq2seq_recipe(tmp_path, {"train": "x.jsonl", "source_field": "article"})
+    recipe = seq2seq_recipe(tmp_path, {"train": "hub/dataset", "source_field": "article"})
     result = CliRunner().invoke(main, ["validate", str(write_recipe(recipe))])
     assert (
         result.exit_code == 2
         and "needs data.summarization or both data.source_field and data.target_field" in result.output
     )
+
+
+def test_a_nested_source_column_is_named_with_file_and_row(tiny_bart_dir, write_recipe, tmp_path):
+    rows = [{"article": "a b c", "summary": "a"}] * 3 + [{"article": {"title": "x", "body": "y"}, "summary": "b"}]
+    data = {"train": str(write_jsonl(tmp_path / "d.jsonl", rows)), "source_field": "article",
+            "target_field": "summary", "eval_fraction": 0.25}
+    result = CliRunner().invoke(
+        main, ["train", str(write_recipe(seq2seq_recipe(tiny_bart_dir, data))), "--output-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 2 and "d.jsonl: row 3: column 'article' must be text, got a dict" in result.output

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from asymtune import atomic
-from asymtune.adapters.init import make_factor
+from asymtune.adapters.init import checksum, make_factor
 from asymtune.adapters.lora import ADAPTER_SPEC_FILE, PEFT_PREFIX
 from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
@@ -57,7 +57,10 @@ def write_compact(adapter_dir: Path, target: Path) -> None:
     kept = {key: value for key, value in weights.items() if not any(f".lora_{f}." in key for f in seeded)}
     shapes = {m: {f: list(weights[_key(m, f)].shape) for f in seeded} for m in _modules(weights)}
     dtypes = {f: str(weights[_key(_modules(weights)[0], f)].dtype).removeprefix("torch.") for f in seeded}
-    record = {"adapter": spec.model_dump(mode="json"), "regenerated": seeded, "dtypes": dtypes, "shapes": shapes}
+    checksums = {m: {f: checksum(_regenerate(spec, m, f, shape)) for f, shape in factors.items()}
+                 for m, factors in shapes.items()}
+    record = {"adapter": spec.model_dump(mode="json"), "regenerated": seeded, "dtypes": dtypes, "shapes": shapes,
+              "checksums": checksums}
     with atomic.directory(target) as scratch:
         save_file(kept, scratch / WEIGHTS)
         shutil.copy(adapter_dir / "adapter_config.json", scratch / "adapter_config.json")
@@ -71,13 +74,25 @@ def write_peft(compact_dir: Path, target: Path) -> None:
     weights = load_file(compact_dir / WEIGHTS)
     for module, shapes in record["shapes"].items():
         for factor, shape in shapes.items():
-            init = getattr(spec, factor).init
-            value = make_factor(init, factor, tuple(shape), spec.rank, spec.seed, module, base_weight=None)
+            value = _regenerate(spec, module, factor, shape)
+            expected = record.get("checksums", {}).get(module, {}).get(factor)
+            if expected is not None and checksum(value) != expected:
+                raise ExportError(
+                    f"{compact_dir}: the frozen {factor} of {module} regenerates differently here than where the "
+                    "compact form was written (another torch random number stream?); refusing to write a wrong "
+                    "adapter: export the PEFT form where the adapter was trained"
+                )
             weights[_key(module, factor)] = value.to(getattr(torch, record["dtypes"][factor])).contiguous()
     with atomic.directory(target) as scratch:
         save_file(weights, scratch / WEIGHTS)
         shutil.copy(compact_dir / "adapter_config.json", scratch / "adapter_config.json")
         (scratch / ADAPTER_SPEC_FILE).write_text(json.dumps(record["adapter"], indent=2))
+
+
+def _regenerate(spec: AdapterSpec, module: str, factor: str, shape: list[int]) -> torch.Tensor:
+    """The frozen seeded factor of `module`, drawn again (float64) from the adapter seed."""
+    init = getattr(spec, factor).init
+    return make_factor(init, factor, tuple(shape), spec.rank, spec.seed, module, base_weight=None)
 
 
 def is_compact(folder: Path) -> bool:

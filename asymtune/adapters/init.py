@@ -22,6 +22,11 @@ def factor_generator(seed: int, module_name: str, factor: Factor) -> torch.Gener
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+def checksum(factor: torch.Tensor) -> str:
+    """sha256 of a factor's float64 values (C order), hex: the same draw gives the same checksum anywhere."""
+    return hashlib.sha256(factor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()
+
+
 def orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
     """Haar-random semi-orthogonal matrix: orthonormal rows if rows ≤ cols, else orthonormal columns.
 

@@ -119,9 +119,11 @@ def callbacks(model: nn.Module, spec: AdapterSpec) -> list[TrainerCallback]:
 
 
 def save(
-    model: nn.Module, recipe: Recipe, adapter_dir: Path, model_dir: Path, state_dict: dict | None = None
+    model: nn.Module, recipe: Recipe, adapter_dir: Path, model_dir: Path, state_dict: dict | None = None,
+    processor=None,
 ) -> None:
-    """PEFT methods write adapter_dir (PEFT format); full and linear_probe write the whole model.
+    """PEFT methods write adapter_dir (PEFT format); full and linear_probe write the whole model with its
+    `processor` (tokenizer or image processor), a folder that loads on its own.
 
     `state_dict`: the model's full state dict when `model`'s own parameters are shards (FSDP)."""
     spec = recipe.adapter
@@ -130,6 +132,8 @@ def save(
     elif spec.method in ("full", "linear_probe"):
         with atomic.directory(model_dir) as scratch:
             model.save_pretrained(scratch, state_dict=state_dict)
+            if processor is not None:
+                processor.save_pretrained(scratch)
     else:
         with atomic.directory(adapter_dir) as scratch:
             model.save_pretrained(str(scratch), state_dict=state_dict)

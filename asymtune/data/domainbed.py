@@ -46,20 +46,22 @@ class DomainSplit:
 
 
 def _readable(path: Path) -> bool:
+    """Whether the image decodes in full (a truncated JPEG passes PIL's `verify` but fails on load)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()
         return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return False
 
 
 def scan(
-    root: Path, class_map: dict[str, dict[str, str]] | None = None
+    root: Path, class_map: dict[str, dict[str, str | None]] | None = None
 ) -> tuple[dict[str, dict[str, list[Path]]], list[Path]]:
-    """{environment: {class: [image paths]}} and the unreadable images that were skipped."""
+    """{environment: {class: [image paths]}} and the unreadable images that were skipped. `class_map` renames
+    class folders per environment; a folder mapped to None is left out."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder (expected ROOT/<environment>/<class>/<image>)")
     class_map = class_map or {}
@@ -69,6 +71,8 @@ def scan(
         renames = class_map.get(env_dir.name, {})
         classes: dict[str, list[Path]] = {}
         for class_dir in sorted(p for p in env_dir.iterdir() if p.is_dir()):
+            if class_dir.name in renames and renames[class_dir.name] is None:
+                continue
             images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             good = [p for p in images if _readable(p)]
             skipped += [p for p in images if p not in set(good)]
@@ -76,6 +80,13 @@ def scan(
         environments[env_dir.name] = classes
     if not environments:
         raise DataError(f"{root}: no environment folders")
+    for env, renames in class_map.items():
+        folders = {p.name for p in (root / env).iterdir() if p.is_dir()} if (root / env).is_dir() else None
+        if folders is None:
+            raise DataError(f"data.class_map: {env!r} is not an environment of {root} ({', '.join(environments)})")
+        unknown = sorted(set(renames) - folders)
+        if unknown:
+            raise DataError(f"data.class_map.{env}: no class folder(s) {', '.join(unknown)} in {root / env}")
     names = {env: set(classes) for env, classes in environments.items()}
     reference_env, reference = next(iter(names.items()))
     for env, classes in names.items():
@@ -89,6 +100,9 @@ def scan(
         empty = [name for name, paths in classes.items() if not paths]
         if empty:
             raise DataError(f"{root / env}: class(es) {', '.join(empty)} have no readable images")
+    if len(reference) < 2:
+        raise DataError(f"{root}: {len(reference)} class folder(s) ({', '.join(sorted(reference)) or 'none'}) in each "
+                        "environment; classification needs at least two classes")
     return environments, skipped
 
 
@@ -97,7 +111,7 @@ def split(
     train_envs: list[str],
     seed: int,
     test_fraction: float = 0.2,
-    class_map: dict[str, dict[str, str]] | None = None,
+    class_map: dict[str, dict[str, str | None]] | None = None,
 ) -> DomainSplit:
     """Train / in-domain test (seeded, stratified by class) / out-of-domain test per environment."""
     environments, skipped = scan(root, class_map)

@@ -20,14 +20,16 @@ class DataError(UserError):
 
 
 def load_table(
-    ref: str, split: str = "train", log: Callable[[str], None] = print, config: str | None = None
+    ref: str, split: str = "train", log: Callable[[str], None] = print, config: str | None = None,
+    encoding: str = "utf-8",
 ) -> datasets.Dataset:
-    """One split of `ref` (hub `config` if given) as a `datasets.Dataset`; a local file is one split."""
+    """One split of `ref` (hub `config` if given) as a `datasets.Dataset`; a local file is one split, read
+    as `encoding` text (csv, tsv, json, jsonl, .txt folders)."""
     if assets.is_asset(ref):
-        return _load_local(assets.resolve(ref, log), log)
+        return _load_local(assets.resolve(ref, log), log, encoding)
     path = Path(ref)
     if path.exists() or path.suffix.lower() in LOCAL_BUILDERS:
-        return _load_local(path, log)
+        return _load_local(path, log, encoding)
     try:
         return datasets.load_dataset(ref, config, split=split)
     except Exception as error:  # datasets raises many types for "not found / offline"
@@ -37,8 +39,9 @@ def load_table(
         ) from None
 
 
-def load_class_folders(root: Path, log: Callable[[str], None] = print) -> datasets.Dataset:
-    """A folder with one subfolder per class of .txt documents -> rows {text, label (ClassLabel)}."""
+def load_class_folders(root: Path, log: Callable[[str], None] = print, encoding: str = "utf-8") -> datasets.Dataset:
+    """A folder with one subfolder per class of .txt documents -> rows {text, label (ClassLabel)}; bytes that
+    are not `encoding` are replaced, with a warning naming the files."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root}: no class subfolders")
@@ -50,21 +53,22 @@ def load_class_folders(root: Path, log: Callable[[str], None] = print) -> datase
         for file in files:
             raw = file.read_bytes()
             try:
-                texts.append(raw.decode("utf-8"))
+                texts.append(raw.decode(encoding))
             except UnicodeDecodeError:
-                texts.append(raw.decode("utf-8", errors="replace"))
+                texts.append(raw.decode(encoding, errors="replace"))
                 repaired.append(str(file))
             labels.append(index)
     if repaired:
-        log(f"[yellow]warning:[/yellow] {len(repaired)} file(s) not valid UTF-8, bad bytes replaced: "
+        log(f"[yellow]warning:[/yellow] {len(repaired)} file(s) not valid {encoding}, bad bytes replaced "
+            "(set data.encoding if the folder is in another encoding): "
             + ", ".join(repaired[:3]))
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
-def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Dataset:
+def _load_local(path: Path, log: Callable[[str], None] = print, encoding: str = "utf-8") -> datasets.Dataset:
     if path.is_dir():
-        return load_class_folders(path, log)
+        return load_class_folders(path, log, encoding)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     builder = LOCAL_BUILDERS.get(path.suffix.lower())
@@ -73,10 +77,12 @@ def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Data
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if builder != "parquet":
-        check_text(path)
-    if builder == "json":
-        check_json(path)
+        check_text(path, encoding)
+        if builder == "json":
+            check_json(path, encoding)
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if builder != "parquet":
+        options["encoding"] = encoding
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as error:  # pyarrow/json parse errors come in several types
@@ -87,29 +93,29 @@ def _load_local(path: Path, log: Callable[[str], None] = print) -> datasets.Data
     return table
 
 
-def check_text(path: Path) -> None:
-    """Refuse a text data file that is not UTF-8 or holds only blank lines, naming the first bad line."""
+def check_text(path: Path, encoding: str = "utf-8") -> None:
+    """Refuse a text data file that is not `encoding` or holds only blank lines, naming the first bad line."""
     blank = True
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                text = line.decode("utf-8")
+                text = line.decode(encoding)
             except UnicodeDecodeError as error:
                 raise DataError(
-                    f"{path}: line {number} is not valid UTF-8 (byte 0x{line[error.start]:02x} at column "
-                    f"{error.start + 1}); save the file as UTF-8"
+                    f"{path}: line {number} is not valid {encoding} (byte 0x{line[error.start]:02x} at column "
+                    f"{error.start + 1}); save the file as UTF-8, or set data.encoding (e.g. latin-1, cp1252)"
                 ) from None
             blank = blank and not text.strip()
     if blank:
         raise DataError(f"{path}: no rows (only blank lines)")
 
 
-def check_json(path: Path) -> None:
+def check_json(path: Path, encoding: str = "utf-8") -> None:
     """JSON data is one document (a list of row objects, or an object of columns) or JSON lines, one row
     object per line; anything else is refused naming the line (pyarrow crashes on some, e.g. a `null` row)."""
     if path.suffix.lower() == ".json":
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            document = json.loads(path.read_text(encoding=encoding))
         except json.JSONDecodeError:
             document = None  # not one document: read as JSON lines below
         else:
@@ -118,7 +124,7 @@ def check_json(path: Path) -> None:
                 return
             raise DataError(f"{path}: the JSON document must be a list of row objects or an object of columns, "
                             f"not {_json_type(document)}")
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding=encoding) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue

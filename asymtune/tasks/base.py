@@ -66,6 +66,10 @@ class TaskFamily:
         """The family's Trainer; `options` are TrainingArguments keywords every task shares."""
         raise NotImplementedError
 
+    def labels(self, data: Any) -> list[str] | None:
+        """Class names in output order, for classifiers (None: the task has no classes)."""
+        return None
+
     def before_training(self, trainer: Trainer, data: Any) -> dict[str, Any]:
         """Metrics of the untrained model (default: none)."""
         return {}
@@ -95,7 +99,10 @@ def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> 
     before = family.before_training(trainer, data)
     first_step.exclude(time.perf_counter() - evaluation_started)
     result = train(trainer, run, stop)
-    save_trained(trainer, adapted, recipe, run)
+    save_trained(trainer, adapted, processor, recipe, run)
+    labels = family.labels(data)
+    if labels is not None:
+        run.write_labels(labels)
     metrics = {**training_metrics(result, first_step, rows), **before,
                **family.metrics(trainer, adapted, processor, data, recipe, run)}
     return {**metrics, "parameters": counts.as_dict()}
@@ -225,13 +232,14 @@ def evaluate_before_training(trainer: Trainer) -> dict[str, float] | None:
     return metrics
 
 
-def save_trained(trainer: Trainer, model: nn.Module, recipe: Recipe, run: RunDir) -> None:
-    """The adapter (or, for full/linear_probe, the model) into the run folder; rank 0 writes.
+def save_trained(trainer: Trainer, model: nn.Module, processor: Any, recipe: Recipe, run: RunDir) -> None:
+    """The adapter (or, for full/linear_probe, the model with its tokenizer or image processor, so the folder
+    reloads on its own) into the run folder; rank 0 writes.
 
     Under FSDP each rank holds a shard: every rank first takes part in gathering the full state dict."""
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if run.writes:
-        methods.save(model, recipe, run.adapter_dir, run.model_dir, state_dict)
+        methods.save(model, recipe, run.adapter_dir, run.model_dir, state_dict, processor)
 
 
 def training_metrics(result, first_step: TimeToFirstStepCallback, train_rows: int) -> dict[str, Any]:

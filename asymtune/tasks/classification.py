@@ -41,18 +41,19 @@ class LabelledData:
         self.text_fields = list(self.glue.text_fields if self.glue and not spec.text_fields else spec.text_fields)
         self.regression = bool(self.glue and self.glue.is_regression)
         config = spec.config or (spec.glue_task if spec.train == GLUE_HUB_ID else None)
-        train = self._check(load_table(spec.train, spec.split, console.print, config), spec.train)
+
+        def read(ref: str, split: str, hub_config: str | None = None, name: str | None = None) -> datasets.Dataset:
+            return self._check(load_table(ref, split, console.print, hub_config, spec.encoding), name or ref)
+
+        train = read(spec.train, spec.split, config)
         held_out: dict[str, datasets.Dataset] = {}
         if isinstance(spec.eval, dict):
-            held_out = {name: self._check(load_table(ref, "validation", console.print), ref)
-                        for name, ref in spec.eval.items()}
+            held_out = {name: read(ref, "validation") for name, ref in spec.eval.items()}
         elif spec.eval is not None:
-            held_out = {"validation": self._check(load_table(spec.eval, "validation", console.print), spec.eval)}
+            held_out = {"validation": read(spec.eval, "validation")}
         elif self.glue and spec.eval_fraction == 0 and spec.train == GLUE_HUB_ID:
-            held_out = {
-                split: self._check(load_table(spec.train, split, console.print, config), f"{spec.train}:{split}")
-                for split in self.glue.eval_splits
-            }
+            held_out = {split: read(spec.train, split, config, f"{spec.train}:{split}")
+                        for split in self.glue.eval_splits}
         if held_out:
             train, _ = train_eval_split(train, None, 0.0, recipe.seed, spec.max_train_samples)
             held_out = {name: train_eval_split(table, None, 0.0, recipe.seed, spec.max_eval_samples)[0]
@@ -63,6 +64,10 @@ class LabelledData:
                                                 spec.max_train_samples, spec.max_eval_samples, stratify)
             held_out = {"validation": split_off} if split_off is not None else {}
         self.label_names = self._label_names(train, spec.label_field)
+        if not self.regression and len(self.label_names) < 2:
+            raise DataError(f"{spec.train}: label column {spec.label_field!r} holds {len(self.label_names)} class(es) "
+                            f"({', '.join(self.label_names)}) in the training split; classification needs at least "
+                            "two (is data.label_field the right column?)")
         self.train = self._encode_labels(train, spec.label_field, spec.train)
         self.eval = {name: self._encode_labels(t, spec.label_field, name) for name, t in held_out.items()}
 
@@ -81,10 +86,22 @@ class LabelledData:
                 if not isinstance(value, str):
                     raise DataError(f"{source}: row {row}: column {field!r} must be text, got {value!r}")
         if not isinstance(table.features[self.label_field], datasets.ClassLabel):
-            check = self._score if self.regression else self._class_index if self.glue else None
-            for row, value in enumerate(table[self.label_field] if check else []):
+            check = self._score if self.regression else self._class_index if self.glue else self._class_name
+            for row, value in enumerate(table[self.label_field]):
                 check(value, row, source)
         return table
+
+    def _class_name(self, value, row: int, source: str) -> None:
+        """Labels of your own data are names or integers; nulls and fractional numbers are not classes."""
+        field = self.label_field
+        if value is None:
+            raise DataError(f"{source}: row {row}: label column {field!r} is empty (null); every row needs a label")
+        if isinstance(value, float) and not value.is_integer():
+            raise DataError(f"{source}: row {row}: label {value!r} in column {field!r} looks continuous, not a class; "
+                            "classification of your own data needs class names or integers")
+        if not isinstance(value, (str, int, float)):
+            raise DataError(f"{source}: row {row}: label column {field!r} holds a {type(value).__name__}, "
+                            "not a class name")
 
     def _label_names(self, train: datasets.Dataset, field: str) -> list[str]:
         if self.regression:
@@ -122,8 +139,9 @@ class LabelledData:
             labels = []
             for row, value in enumerate(values):
                 if str(value) not in index:
-                    raise DataError(f"{source}: row {row}: label {value!r} is not one of the training labels "
-                                    f"{', '.join(self.label_names)}")
+                    shown = ", ".join(self.label_names[:5]) + (f", … ({len(self.label_names)} in all)"
+                                                               if len(self.label_names) > 5 else "")
+                    raise DataError(f"{source}: row {row}: label {value!r} is not one of the training labels {shown}")
                 labels.append(index[str(value)])
         return table.remove_columns([c for c in table.column_names if c not in self.text_fields]).add_column(
             "labels", labels
@@ -170,6 +188,9 @@ class Classification(TaskFamily):
         tokenizer = with_pad_token(tokenizer)
         model.config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
+
+    def labels(self, data: LabelledData) -> list[str] | None:
+        return data.label_names or None
 
     def make_trainer(self, recipe, model, processor, data: LabelledData, options, callbacks, optimizers) -> Trainer:
         return Trainer(

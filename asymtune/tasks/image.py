@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.tasks.base import TaskFamily
 
+FEW_TEST_IMAGES = 5  # per class: fewer make the in-domain accuracy a coin toss
 BUILT_IN = {
     "rotated-digits": lambda: rotated_digits(cache_dir() / "datasets" / "rotated-digits", log=console.print),
     "coloured-digits": lambda: coloured_digits(cache_dir() / "datasets" / "coloured-digits", log=console.print),
@@ -108,6 +110,13 @@ class ImageClassification(TaskFamily):
                 f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
                 + ", ".join(str(p) for p in data.skipped[:3])
             )
+        per_class = Counter(label for _, label in data.id_test)
+        thin = [data.classes[i] for i in range(len(data.classes)) if per_class[i] < FEW_TEST_IMAGES]
+        if thin:
+            console.print(f"[yellow]warning:[/yellow] the in-domain test split holds fewer than {FEW_TEST_IMAGES} "
+                          f"images of class(es) {', '.join(thin[:5])}{' …' if len(thin) > 5 else ''} "
+                          f"({len(data.id_test)} in all): its accuracy says little; raise data.eval_fraction or "
+                          "add images")
         return data
 
     def train_rows(self, data: DomainSplit) -> int:
@@ -129,6 +138,9 @@ class ImageClassification(TaskFamily):
 
     def heads(self, model) -> list[str]:
         return [head_name(model)]
+
+    def labels(self, data: DomainSplit) -> list[str]:
+        return data.classes
 
     def make_trainer(self, recipe, model, processor, data: DomainSplit, options, callbacks, optimizers) -> Trainer:
         return Trainer(

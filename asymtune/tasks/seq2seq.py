@@ -65,18 +65,23 @@ def load_pairs(recipe: Recipe) -> Pairs:
     target = spec.target_field or built_in.target
     train_ref = spec.train
     config = spec.config or (built_in.config if built_in and train_ref == built_in.hub_id else None)
-    train = load_table(train_ref, spec.split, console.print, config)
+    train = load_table(train_ref, spec.split, console.print, config, encoding=spec.encoding)
     held_out = None
     if spec.eval is not None:
-        held_out = load_table(spec.eval, "validation", console.print)
+        held_out = load_table(spec.eval, "validation", console.print, encoding=spec.encoding)
     elif built_in and spec.eval_fraction == 0 and train_ref == built_in.hub_id:
-        held_out = load_table(train_ref, built_in.eval_split, console.print, config)
+        held_out = load_table(train_ref, built_in.eval_split, console.print, config, encoding=spec.encoding)
     for table, name in ((train, train_ref), (held_out, spec.eval or train_ref)):
         if table is not None:
             missing = [c for c in (source, target) if c not in table.column_names]
             if missing:
                 raise DataError(f"{name}: missing column(s) {', '.join(missing)}; the data has "
                                 f"{', '.join(table.column_names)} (set data.source_field / data.target_field)")
+            for column in (source, target):  # checked before splitting, so row N is the file's row N
+                for row, value in enumerate(table[column]):
+                    if not isinstance(value, str):
+                        raise DataError(f"{name}: row {row}: column {column!r} must be text, got a "
+                                        f"{type(value).__name__}" + (f" ({value!r:.60})" if value is not None else ""))
     train, held_out = train_eval_split(train, held_out, spec.eval_fraction, recipe.seed,
                                        spec.max_train_samples, spec.max_eval_samples)
     if held_out is None:

@@ -20,10 +20,12 @@ from asymtune.tasks.base import TaskFamily, evaluate_before_training
 def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     """Train and eval splits of the recipe's data, as prompt/completion columns."""
     spec = recipe.data
-    train = to_prompt_completion(load_table(spec.train, spec.split, console.print), spec.format, spec.train)
-    held_out = None
-    if spec.eval is not None:
-        held_out = to_prompt_completion(load_table(spec.eval, "validation", console.print), spec.format, spec.eval)
+
+    def read(ref: str, split: str) -> datasets.Dataset:
+        return to_prompt_completion(load_table(ref, split, console.print, encoding=spec.encoding), spec.format, ref)
+
+    train = read(spec.train, spec.split)
+    held_out = read(spec.eval, "validation") if spec.eval is not None else None
     return train_eval_split(
         train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples, spec.max_eval_samples
     )
