@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
 
 from asymtune import atomic
@@ -35,9 +37,39 @@ def newest_complete(folder: Path, warn: Callable[[str], None]) -> Checkpoint | N
     )
     for step, path in candidates:
         marker = path / MARKER
-        if marker.is_file():
-            return Checkpoint(path, step, json.loads(marker.read_text())["loss_sum"])
-        warn(f"skipping {path}: incomplete (no {MARKER}; the run stopped while writing it)")
+        if not marker.is_file():
+            warn(f"skipping {path}: incomplete (no {MARKER}; the run stopped while writing it)")
+            continue
+        problem = damage(path)
+        if problem:
+            warn(f"skipping {path}: damaged ({problem}); resuming from the one before it")
+            continue
+        return Checkpoint(path, step, json.loads(marker.read_text())["loss_sum"])
+    return None
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint marked complete, or None: an unreadable marker, a torch state file that
+    is not an intact archive (checked by CRC, nothing unpickled), or weights whose header does not parse."""
+    try:
+        record = json.loads((path / MARKER).read_bytes().decode("utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("loss_sum"), (int, float)):
+            return f"{MARKER} holds no loss_sum"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return f"{MARKER} is not JSON"
+    for state in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
+        try:
+            with zipfile.ZipFile(state) as archive:
+                if archive.testzip() is not None:
+                    return f"{state.name} fails its checksum"
+        except (zipfile.BadZipFile, OSError):
+            return f"{state.name} is not a torch archive"
+    for weights in path.glob("*.safetensors"):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except Exception:  # safetensors raises its own error types for every kind of damage
+            return f"{weights.name} does not parse"
     return None
 
 

@@ -5,6 +5,7 @@ Every user-facing error is an `errors.UserError`, printed once here (its message
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +26,16 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 RUNS_ROOT = click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
                          help="The runs root: where runs are written and run names are looked up.")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in range that is also finite (click's FloatRange lets nan through: every comparison is false)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 class Commands(click.Group):
@@ -224,7 +235,7 @@ def similarity(run_refs: tuple[str, ...], folder: str | None, output_dir: str) -
 @click.option("--input-rank", "input_ranks", default="r,d", show_default=True,
               help="Comma-separated input covariance ranks: integers, 'r' (= rank) or 'd' (full).")
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(2, 10_000))
-@click.option("--noise", default=0.0, show_default=True, type=click.FloatRange(0.0, 1e6), help="Target noise σ².")
+@click.option("--noise", default=0.0, show_default=True, type=FiniteFloat(0.0, 1e6), help="Target noise σ².")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 @click.option("--run", "run_ref", help="Also print Lemma 4.5's bound ratios for this run's adapted matrices.")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),

@@ -29,7 +29,7 @@ from asymtune.runs import RunDir, RunDirError, resolve
 
 SEED_KEYS = ("seed", "adapter.seed")
 LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
-BOOKKEEPING = re.compile(r"steps|rows|runtime|time_to|_s$|tokens")  # csv/json only, never ranked
+BOOKKEEPING = re.compile(r"steps|rows|runtime|time_to|_s$|tokens|skipped")  # csv/json only, never ranked
 NOT_RANKED = re.compile(r"_before$")  # shown, but the same for every run of a base model
 CELL = re.compile(r"^\s*(?P<mean>-?[\d.]+)\s*(?:±\s*(?P<std>[\d.]+))?")
 
@@ -115,9 +115,15 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
     groups: dict[str, list[tuple[RunDir, dict[str, Any] | None]]] = {}
     rows: list[Row] = []
     for run in found:
-        status = run.read_json("status.json") or {}
+        try:
+            status = run.read_json("status.json") or {}
+            run_metrics(run)
+        except RunDirError as error:  # one damaged run is listed, and never hides the others
+            rows.append(Row(label=_run_label(run), status="unreadable", factors=str(error), runs=[str(run.path)]))
+            continue
         if status.get("status") != "completed":
-            rows.append(Row(label=_run_label(run), status=status.get("status", "incomplete"), runs=[str(run.path)]))
+            rows.append(Row(label=_run_label(run), status=str(status.get("status", "incomplete")),
+                            factors=str(status.get("error", "")), runs=[str(run.path)]))
             continue
         document = _recipe_document(run)
         if document is not None and not _valid_adapter(document):
@@ -240,8 +246,9 @@ def to_table(rows: list[Row], baseline: Row | None, title: str, width: int = 160
         for column in columns:
             table.add_row(column, *(cell(row, column) for row in rows))
         return table
-    for name in ("run", *IDENTITY, *columns):
-        table.add_column(name, justify="left" if name in {"run", "status", "method", "factors"} else "right")
+    for name in ("run", *IDENTITY, *columns):  # long metric names wrap instead of being cut to one prefix
+        table.add_column(name, justify="left" if name in {"run", "status", "method", "factors"} else "right",
+                         overflow="fold")
     for row in rows:
         cells = [label(row), *_identity(row), *(cell(row, column) for column in columns)]
         table.add_row(*cells, style=None if row.status in OK_STATUSES else "red")
@@ -312,8 +319,8 @@ def _recipe_document(run: RunDir) -> dict[str, Any] | None:
     if not path.is_file():
         return None  # a base-model evaluation has no recipe
     try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        document = recipes.parse_yaml(path.read_bytes().decode("utf-8"), str(path))
+    except (UnicodeDecodeError, recipes.RecipeError):
         return {}
     return document if isinstance(document, dict) else {}
 

@@ -175,7 +175,7 @@ def test_a_latin1_file_reads_with_data_encoding(tiny_roberta_dir, write_recipe, 
     data = {"train": str(tmp_path / "d.csv"), "text_fields": ["sentence1", "sentence2"], "eval_fraction": 0.25}
     recipe = classification_recipe(tiny_roberta_dir, data)
     result, _ = train(write_recipe, recipe, tmp_path / "a")
-    assert result.exit_code == 2 and "line 2 is not valid utf-8" in result.output and "data.encoding" in result.output
+    assert result.exit_code == 2 and "line 2 is not valid UTF-8" in result.output and "data.encoding" in result.output
     recipe["data"]["encoding"] = "latin-1"
     result, [run] = train(write_recipe, recipe, tmp_path / "b")
     assert result.exit_code == 0, result.output

@@ -128,3 +128,23 @@ def test_resume_refuses_a_run_a_live_process_is_training(tmp_path):
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_resume_skips_a_marked_checkpoint_whose_state_is_damaged(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    for step in (2, 4, 6):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+        save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+        (folder / MARKER).write_text(json.dumps({"step": step, "loss_sum": float(step)}))
+    (tmp_path / "checkpoint-6" / "optimizer.pt").write_bytes(b"garbage")
+    (tmp_path / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
+    warnings = []
+    found = newest_complete(tmp_path, warnings.append)
+    assert found.step == 2 and found.loss_sum == 2.0
+    assert "optimizer.pt is not a torch archive" in warnings[0] and "does not parse" in warnings[1]
+    (tmp_path / "checkpoint-2" / MARKER).write_text("{not json")
+    assert newest_complete(tmp_path, warnings.append) is None and f"{MARKER} is not JSON" in warnings[-1]

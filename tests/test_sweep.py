@@ -11,6 +11,8 @@ from asymtune.runs import resolve
 
 
 def test_plan_is_grid_times_seeds_with_seeded_adapters(write_recipe, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
     path = write_recipe(sft_recipe(tmp_path / "m", tmp_path / "d.jsonl"))
     jobs = sweep.plan(path, [0, 1], sweep.parse_grid(("adapter.rank=2,4",)), ("train.max_steps=2",))
     assert [(j.recipe.name, j.recipe.adapter.rank, j.recipe.seed, j.recipe.adapter.seed) for j in jobs] == [

@@ -94,6 +94,11 @@ def test_bad_data_marks_run_failed_and_exits_2(tiny_llama_dir, write_recipe, tmp
 def test_missing_model_fails_clearly(alpaca_file, write_recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = train(write_recipe(sft_recipe(tmp_path / "no-model", alpaca_file)), tmp_path / "runs")
+    assert result.exit_code == 2 and "no-model does not exist" in result.output  # a local path: before any load
+    assert not (tmp_path / "runs").exists()
+    hub = sft_recipe(tmp_path, alpaca_file)
+    hub["model"]["name"] = "no-such-org/no-such-model"
+    result = train(write_recipe(hub), tmp_path / "runs")
     assert result.exit_code == 2
     assert "is not a local folder or a known asset" in result.output
 

@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from asymtune import atomic
 from asymtune.adapters.init import checksum, make_factor
-from asymtune.adapters.lora import ADAPTER_SPEC_FILE, PEFT_PREFIX
+from asymtune.adapters.lora import ADAPTER_SPEC_FILE, PEFT_PREFIX, read_spec, read_weights
 from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
@@ -45,15 +45,16 @@ def _seeded_factors(spec: AdapterSpec) -> list[str]:
 
 def write_compact(adapter_dir: Path, target: Path) -> None:
     """The compact form of a PEFT adapter folder written by asymtune."""
-    spec_file = adapter_dir / ADAPTER_SPEC_FILE
-    if not spec_file.is_file():
+    spec = read_spec(adapter_dir)
+    if spec is None:
         raise ExportError(f"{adapter_dir}: no {ADAPTER_SPEC_FILE}; only adapters trained by asymtune can be compacted")
-    spec = AdapterSpec.model_validate_json(spec_file.read_text())
     seeded = _seeded_factors(spec)
     if not seeded:
         raise ExportError(f"{adapter_dir}: no frozen seeded factor (A {spec.A.label}, B {spec.B.label}); "
                           "the compact form would equal the PEFT form")
-    weights = load_file(adapter_dir / WEIGHTS)
+    weights = read_weights(adapter_dir / WEIGHTS)
+    if not _modules(weights):
+        raise ExportError(f"{adapter_dir / WEIGHTS}: holds no LoRA factors")
     kept = {key: value for key, value in weights.items() if not any(f".lora_{f}." in key for f in seeded)}
     shapes = {m: {f: list(weights[_key(m, f)].shape) for f in seeded} for m in _modules(weights)}
     dtypes = {f: str(weights[_key(_modules(weights)[0], f)].dtype).removeprefix("torch.") for f in seeded}
@@ -69,9 +70,12 @@ def write_compact(adapter_dir: Path, target: Path) -> None:
 
 def write_peft(compact_dir: Path, target: Path) -> None:
     """Rebuild the PEFT form (loadable by `PeftModel.from_pretrained`) from a compact folder."""
-    record = json.loads((compact_dir / COMPACT_FILE).read_text())
-    spec = AdapterSpec.model_validate(record["adapter"])
-    weights = load_file(compact_dir / WEIGHTS)
+    try:
+        record = json.loads((compact_dir / COMPACT_FILE).read_bytes().decode("utf-8"))
+        spec = AdapterSpec.model_validate(record["adapter"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):  # JSON and pydantic errors are ValueErrors
+        raise ExportError(f"{compact_dir / COMPACT_FILE}: damaged, not a compact adapter record") from None
+    weights = read_weights(compact_dir / WEIGHTS)
     for module, shapes in record["shapes"].items():
         for factor, shape in shapes.items():
             value = _regenerate(spec, module, factor, shape)

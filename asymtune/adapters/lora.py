@@ -125,10 +125,33 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, is_trainable: bool =
     """`PeftModel.from_pretrained`, then re-freeze the factors the run froze (PEFT re-enables them)."""
     adapter_dir = Path(adapter_dir)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
-    spec_file = adapter_dir / ADAPTER_SPEC_FILE
-    if spec_file.is_file():
-        freeze_factors(peft_model, AdapterSpec.model_validate_json(spec_file.read_text()))
+    spec = read_spec(adapter_dir)
+    if spec is not None:
+        freeze_factors(peft_model, spec)
     return peft_model
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; AdapterError naming it when it is missing or damaged."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing")
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error type, or OSError, for every kind of damage
+        raise AdapterError(f"{path}: damaged, not a safetensors file ({str(error).splitlines()[0]})") from None
+
+
+def read_spec(adapter_dir: Path) -> AdapterSpec | None:
+    """The factor spec asymtune saved beside a PEFT adapter (None if absent); AdapterError if damaged."""
+    spec_file = adapter_dir / ADAPTER_SPEC_FILE
+    if not spec_file.is_file():
+        return None
+    try:
+        return AdapterSpec.model_validate_json(spec_file.read_bytes())
+    except ValueError:  # pydantic's ValidationError (bad JSON or values) is a ValueError
+        raise AdapterError(f"{spec_file}: damaged, not the adapter spec asymtune writes") from None
 
 
 def count_parameters(peft_model: nn.Module, adapter_name: str = "default") -> ParameterCounts:

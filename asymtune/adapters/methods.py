@@ -19,17 +19,19 @@ from transformers import TrainerCallback
 from asymtune import atomic
 from asymtune.adapters import fused, lora
 from asymtune.adapters.lora import ParameterCounts
+from asymtune.distributed import world_size
 from asymtune.recipe import AdapterSpec, Recipe
 
 HEAD_NAMES = ("classifier", "score")  # sequence-classification heads across transformers models
 
 
 def planned_steps(recipe: Recipe, rows: int) -> int:
-    """Optimizer steps the run will take (AdaLoRA's schedule needs this before training starts)."""
+    """Optimizer steps the run will take (AdaLoRA's schedule needs this before training starts): each step
+    takes batch_size × grad_accum rows on every process."""
     train = recipe.train
     if train.max_steps:
         return train.max_steps
-    per_epoch = math.ceil(rows / (train.batch_size * train.grad_accum))
+    per_epoch = math.ceil(rows / (train.batch_size * train.grad_accum * world_size()))
     return max(1, math.ceil(per_epoch * train.epochs))
 
 

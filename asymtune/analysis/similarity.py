@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from asymtune import atomic
+from asymtune.adapters.lora import read_weights
 from asymtune.errors import UserError
 from asymtune.runs import RunDir
 
@@ -49,7 +49,7 @@ def similarity(x: torch.Tensor, y: torch.Tensor, which: str) -> float:
 
 def load_factors(adapter_dir: Path) -> dict[str, FactorPair]:
     """{module name: FactorPair} from a PEFT adapter folder (adapter_model.safetensors)."""
-    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    weights = read_weights(adapter_dir / "adapter_model.safetensors")
     modules = sorted({key.rsplit(".lora_", 1)[0] for key in weights if ".lora_A." in key})
     return {
         module.removeprefix("base_model.model."): FactorPair(

@@ -59,7 +59,7 @@ def load_class_folders(root: Path, log: Callable[[str], None] = print, encoding:
                 repaired.append(str(file))
             labels.append(index)
     if repaired:
-        log(f"[yellow]warning:[/yellow] {len(repaired)} file(s) not valid {encoding}, bad bytes replaced "
+        log(f"[yellow]warning:[/yellow] {len(repaired)} file(s) not valid {encoding.upper()}, bad bytes replaced "
             "(set data.encoding if the folder is in another encoding): "
             + ", ".join(repaired[:3]))
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)})
@@ -102,7 +102,7 @@ def check_text(path: Path, encoding: str = "utf-8") -> None:
                 text = line.decode(encoding)
             except UnicodeDecodeError as error:
                 raise DataError(
-                    f"{path}: line {number} is not valid {encoding} (byte 0x{line[error.start]:02x} at column "
+                    f"{path}: line {number} is not valid {encoding.upper()} (byte 0x{line[error.start]:02x} at column "
                     f"{error.start + 1}); save the file as UTF-8, or set data.encoding (e.g. latin-1, cp1252)"
                 ) from None
             blank = blank and not text.strip()
