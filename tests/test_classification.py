@@ -121,6 +121,18 @@ def test_own_data_with_text_fields_and_string_labels(tiny_roberta_dir, write_rec
     assert {"eval_validation_accuracy", "eval_validation_macro_f1"} <= set(metrics)
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS"
+    labels = json.loads((run.path / "labels.json").read_text())
+    assert labels["label2id"] == {"permit": 0, "roof": 1, "wall": 2} and labels["id2label"]["2"] == "wall"
+    # eval RUN re-computes the task metrics from the saved adapter and head: the same numbers training reported
+    rerun = CliRunner().invoke(main, ["eval", str(run.path)])
+    assert rerun.exit_code == 0, rerun.output
+    again = json.loads((run.path / "eval" / "task.json").read_text())
+    for key in ("eval_validation_accuracy", "eval_validation_macro_f1", "eval_validation_loss"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+    # and a run is named by its recipe name from anywhere, with the runs root given
+    argv = ["compare", "tiny-cls", "--output-dir", str(tmp_path / "runs"), "--format", "json"]
+    named = CliRunner().invoke(main, argv)
+    assert named.exit_code == 0 and json.loads(named.output)[0]["runs"] == [str(run.path)]
 
 
 def test_missing_column_and_unknown_label_are_named(tiny_roberta_dir, write_recipe, tmp_path):
