@@ -161,3 +161,16 @@ def test_many_metrics_and_few_runs_give_one_column_per_run(tmp_path):
     assert "[bold green]1.5000[/]" in list(wide.columns[2].cells)  # lora's env0_acc is the best
     narrow = compare.to_table(rows[:1], None, "Runs", width=1000)  # everything fits: one row per run
     assert [column.header for column in narrow.columns][:3] == ["run", "status", "method"]
+
+
+def test_failed_runs_show_their_error_and_bookkeeping_is_not_ranked(tmp_path):
+    failed = RunDir.create(tmp_path, "broken")
+    failed.set_status("failed", error="DataError: d.jsonl: row 3: label column 'label' is empty (null)")
+    rows = compare.collect([failed], group_by=None)
+    assert rows[0].status == "failed" and "row 3" in rows[0].factors
+    ranked = compare.Row(label="a", status="completed", metrics={"skipped_images": 3.0, "pacs_id_acc": 0.9})
+    assert compare.shown_columns([ranked]) == ["pacs_id_acc"]
+    damaged = RunDir.create(tmp_path, "damaged")
+    (damaged.path / "status.json").write_text("{torn")
+    [row] = compare.collect([damaged], group_by=None)
+    assert row.status == "unreadable" and "status.json: damaged" in row.factors

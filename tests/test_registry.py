@@ -33,3 +33,31 @@ def test_headline_metric_follows_the_task():
     assert headline_metric(metrics, "classification") == ("glue_sst2", 0.91)
     assert headline_metric(metrics, "sft") == ("mmlu_average", 0.3)
     assert headline_metric({"skipped": True, "eval_loss": 1.5}, "sft") == ("eval_loss", 1.5)
+
+
+def test_a_missing_extra_is_named_before_any_run_starts(write_recipe, alpaca_file, tmp_path, monkeypatch):
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from asymtune.cli import main
+
+    (tmp_path / "model").mkdir()
+    info = TASKS["sft"]
+    monkeypatch.setitem(TASKS, "sft", dataclasses.replace(info, extras=(("no_such_module_xyz", "seq2seq"),)))
+    path = write_recipe(sft_recipe(tmp_path / "model", alpaca_file))
+    result = CliRunner().invoke(main, ["train", str(path), "--output-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "needs no_such_module_xyz (pip install 'asymtune[seq2seq]')" in result.output
+    assert not (tmp_path / "runs").exists()  # found before training, not after it
+
+
+def test_adalora_plans_its_schedule_over_every_process(tmp_path, alpaca_file, monkeypatch):
+    from asymtune.adapters.methods import planned_steps
+    from asymtune.recipe import Recipe
+
+    recipe = sft_recipe(tmp_path, alpaca_file)
+    recipe["train"] = {"epochs": 1, "batch_size": 4, "grad_accum": 2}
+    parsed = Recipe.model_validate(recipe)
+    assert planned_steps(parsed, 80) == 10
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert planned_steps(parsed, 80) == 5
