@@ -206,7 +206,9 @@ class Classification(TaskFamily):
         for name, table in data.eval.items():
             scores = trainer.evaluate(eval_dataset=tokenized(table, processor, data, recipe, name),
                                       metric_key_prefix=f"eval_{name}")
-            metrics.update({k: v for k, v in scores.items() if not k.endswith(("_runtime", "_per_second", "epoch", "_preparation_time"))})
+            kept = {k: v for k, v in scores.items()
+                    if not k.endswith(("_runtime", "_per_second", "epoch", "_preparation_time"))}
+            metrics.update(kept)
             if data.glue:
                 headline = scores[f"eval_{name}_{data.glue.headline}"]
                 headline_hits, headline_total = headline_hits + headline * len(table), headline_total + len(table)
