@@ -21,7 +21,7 @@ from typing import Any
 from asymtune import atomic, distributed
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
-from asymtune.registry import TASKS, missing_extras
+from asymtune.registry import missing_extras
 from asymtune.runs import RunDir, RunDirError
 
 
@@ -92,13 +92,13 @@ def open_to_resume(path: Path) -> RunDir:
 def execute(recipe: recipes.Recipe, run: RunDir) -> dict[str, Any]:
     """Train `run` through its task family with the run's own stop handler; an error ends the run's status."""
     from asymtune.callbacks import GracefulStop, NonFiniteLoss, TrainingInterrupted
-    from asymtune.tasks.base import fit
+    from asymtune.tasks.base import family, fit
 
     resume_hint = f"resume with: asymtune train --resume {run.path}"
     stop = GracefulStop()
     previous = {sig: signal.signal(sig, stop.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return fit(TASKS[recipe.task].family(), recipe, run, stop)
+        return fit(family(recipe.task), recipe, run, stop)
     except UserError as error:
         run.set_status("failed", error=str(error))
         raise

@@ -1,21 +1,14 @@
 """The task families and what the rest of asymtune needs to know of each, without importing any of them.
 
 Per task: the `data.*` keys only it reads, whether `data.eval` may name several sets, its built-in datasets,
-the optional packages it needs at run time, and the metric keys that make a run's headline result. The
-runner itself (`asymtune.tasks.<name>.FAMILY`, heavy imports) loads only when a run trains or evaluates.
+the optional packages it needs at run time, and the metric keys that make a run's headline result. It imports
+nothing of asymtune; the runner itself is `tasks.base.family(name)` (heavy imports).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from asymtune.recipe import Recipe
-    from asymtune.runs import RunDir
-    from asymtune.tasks.base import TaskFamily
 
 
 @dataclass(frozen=True)
@@ -26,14 +19,6 @@ class TaskInfo:
     headline: tuple[str, ...]  # regexes over metric keys; the first that matches is the run's main result
     extras: tuple[tuple[str, str], ...] = ()  # (import name, asymtune extra) needed to run the task
     eval_mapping: bool = False  # data.eval may be {name: file, ...}
-
-    def family(self) -> TaskFamily:
-        """The task's runner (imports torch, transformers and the task's own libraries)."""
-        return importlib.import_module(f"asymtune.tasks.{self.name}").FAMILY
-
-    def evaluate_saved(self, trained: Recipe, run: RunDir) -> dict[str, Any]:
-        """The task's metrics of the finished `run`, from its saved adapter or model (tasks.base)."""
-        return importlib.import_module("asymtune.tasks.base").evaluate_saved(self.family(), trained, run)
 
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")

@@ -7,13 +7,13 @@ from asymtune.data.glue import GLUE
 from asymtune.recipe import Recipe, RecipeError, load
 from asymtune.registry import TASKS, headline_metric
 from asymtune.tasks import image, seq2seq
-from asymtune.tasks.base import TaskFamily
+from asymtune.tasks.base import TaskFamily, family
 
 
 def test_every_task_has_a_family_and_its_built_in_datasets():
     assert set(Recipe.model_fields["task"].annotation.__args__) == set(TASKS)
     for info in TASKS.values():
-        assert isinstance(info.family(), TaskFamily)
+        assert isinstance(family(info.name), TaskFamily)
     assert set(TASKS["classification"].datasets) == set(GLUE)
     assert set(TASKS["seq2seq"].datasets) == set(seq2seq.BUILT_IN)
     assert set(TASKS["image"].datasets) == set(image.BUILT_IN)

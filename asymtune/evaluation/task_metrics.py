@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from asymtune import atomic, recipe
-from asymtune.registry import TASKS
 from asymtune.runs import RunDir, RunDirError
+from asymtune.tasks.base import evaluate_saved, family
 
 TASK_FILE = "task.json"
 
@@ -17,6 +17,6 @@ def rerun(run: RunDir) -> tuple[recipe.Recipe, dict[str, Any]]:
     if run.status != "completed":
         raise RunDirError(f"{run.path}: status {run.status}; only completed runs have an adapter to evaluate")
     trained = recipe.load(run.path / "recipe.yaml")
-    metrics = TASKS[trained.task].evaluate_saved(trained, run)
+    metrics = evaluate_saved(family(trained.task), trained, run)
     atomic.write_json(run.path / "eval" / TASK_FILE, metrics)
     return trained, metrics

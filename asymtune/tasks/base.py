@@ -8,6 +8,7 @@ parameter counts. `evaluate_saved` re-computes a finished run's metrics from wha
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
@@ -78,6 +79,11 @@ class TaskFamily:
                 run: RunDir) -> dict[str, Any]:
         """The family's own metrics of the trained model."""
         raise NotImplementedError
+
+
+def family(task: str) -> TaskFamily:
+    """The runner of `task` (a registry name): `asymtune.tasks.<task>.FAMILY`."""
+    return importlib.import_module(f"asymtune.tasks.{task}").FAMILY
 
 
 def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> dict[str, Any]:
