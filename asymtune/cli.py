@@ -251,11 +251,9 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, 
     gaps = [th.asymmetry_gap(d, r, x, trials, noise, seed) for d, r, x in track(grid, "sampling", console=console)]
     results.print(report.theory_table(trials, noise, gaps))
     if run_ref:
-        named = runs.resolve([run_ref], Path(output_dir))
-        if len(named) != 1:
-            raise UserError(f"--run {run_ref}: names {len(named)} runs; give one run")
-        ratios, rank = th.run_bound_ratios(named[0])
-        results.print(report.bound_ratios_line(str(named[0].path), ratios, rank), highlight=False)
+        run = runs.resolve_one(run_ref, Path(output_dir), "--run")
+        ratios, rank = th.run_bound_ratios(run)
+        results.print(report.bound_ratios_line(str(run.path), ratios, rank), highlight=False)
     if recipe_file:
         recipe = recipes.load(recipe_file)
         ratios = th.recipe_bound_ratios(recipe, recipe_file, log)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from asymtune import recipe as recipes
 from asymtune.evaluation.run_eval import read_evaluations
-from asymtune.runs import RunDir, RunDirError, resolve
+from asymtune.runs import RunDir, RunDirError, resolve, resolve_one
 
 SEED_KEYS = ("seed", "adapter.seed")
 LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
@@ -95,10 +95,7 @@ def build(refs: list[str], root: Path, latest: bool = False, group_by: list[str]
         found = list({run.path.parent: run for run in sorted(found, key=lambda r: r.path)}.values())
     baseline_run = None
     if baseline:
-        named = resolve([baseline], root)
-        if len(named) != 1:
-            raise RunDirError(f"--baseline {baseline}: names {len(named)} runs; give one run")
-        baseline_run = named[0]
+        baseline_run = resolve_one(baseline, root, "--baseline")
         if baseline_run.path not in {run.path for run in found}:
             found.append(baseline_run)
     rows = collect(found, group_by, per_run=per_run)

@@ -9,7 +9,7 @@ from pathlib import Path
 from asymtune import recipe
 from asymtune.adapters import export as forms
 from asymtune.adapters.export import ExportError
-from asymtune.runs import resolve
+from asymtune.runs import resolve_one
 
 FORMS = ("compact", "peft", "merged")
 
@@ -25,10 +25,7 @@ def export(source: str, form: str, target: Path, root: Path, log: Callable[[str]
     if form == "peft" and forms.is_compact(Path(source)):
         forms.write_peft(Path(source), target)
         return forms.folder_size(target)
-    named = resolve([source], root)
-    if len(named) != 1:
-        raise ExportError(f"{source}: names {len(named)} runs; give one run")
-    run = named[0]
+    run = resolve_one(source, root, "export")
     if run.status != "completed" or not (run.adapter_dir / "adapter_config.json").is_file():
         raise ExportError(f"{run.path}: status {run.status}; no saved adapter to export (full fine-tuning and "
                           f"linear probing save the whole model in {run.model_dir.name}/)")

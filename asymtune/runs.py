@@ -182,6 +182,15 @@ def resolve(refs: list[str], root: Path = Path("runs")) -> list[RunDir]:
     return found
 
 
+def resolve_one(ref: str, root: Path, what: str) -> RunDir:
+    """The single run `ref` names (see `resolve`); RunDirError, prefixed by `what` (e.g. '--baseline'), if it
+    names none or several."""
+    named = resolve([ref], root)
+    if len(named) != 1:
+        raise RunDirError(f"{what} {ref}: names {len(named)} runs; give one run")
+    return named[0]
+
+
 def _runs_in(path: Path) -> list[RunDir]:
     """`path` itself if it is a run directory, else every run directory below it (by path: a recipe name's
     runs oldest first)."""
