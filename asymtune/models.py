@@ -107,6 +107,12 @@ def parameter_count(model: torch.nn.Module) -> int:
     return total
 
 
+def label_maps(names: list[str]) -> dict[str, dict]:
+    """transformers' `id2label` / `label2id` for classes in output order (a classifier config's keyword
+    arguments, and what a run and its adapter folder store as labels.json)."""
+    return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+
+
 def load_pretrained(
     spec: ModelSpec, what: str, model_class, processor_class, log: Callable[[str], None] = print, **model_kwargs
 ):

@@ -108,10 +108,9 @@ class RunDir:
         atomic.write_json(self.path / "metrics.json", metrics)
 
     @_rank_zero_only
-    def write_labels(self, names: list[str]) -> None:
-        """A classifier's classes in output order, as transformers' id2label / label2id."""
-        atomic.write_json(self.path / LABELS_FILE, {"id2label": dict(enumerate(names)),
-                                                    "label2id": {name: i for i, name in enumerate(names)}})
+    def write_labels(self, maps: dict[str, dict]) -> None:
+        """A classifier's classes in output order, as transformers' id2label / label2id (`models.label_maps`)."""
+        atomic.write_json(self.path / LABELS_FILE, maps)
 
     @_rank_zero_only
     def append_log(self, record: dict[str, Any]) -> None:

@@ -123,6 +123,8 @@ def test_own_data_with_text_fields_and_string_labels(tiny_roberta_dir, write_rec
     assert config["task_type"] == "SEQ_CLS"
     labels = json.loads((run.path / "labels.json").read_text())
     assert labels["label2id"] == {"permit": 0, "roof": 1, "wall": 2} and labels["id2label"]["2"] == "wall"
+    # the adapter folder names its classes too (PEFT's adapter_config.json has no place for them)
+    assert json.loads((run.adapter_dir / "labels.json").read_text()) == labels
     # eval RUN re-computes the task metrics from the saved adapter and head: the same numbers training reported
     rerun = CliRunner().invoke(main, ["eval", str(run.path)])
     assert rerun.exit_code == 0, rerun.output

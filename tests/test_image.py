@@ -1,5 +1,7 @@
 """task: image — DomainBed splits, ID/OOD/gap metrics, unreadable images, a tiny ViT end to end."""
 
+import json
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -112,6 +114,8 @@ def test_image_training_reports_id_ood_and_gaps(tiny_vit_dir, write_recipe, tmp_
     assert metrics["pacs_photo_gap"] == pytest.approx(metrics["pacs_train_acc"] - metrics["pacs_photo_acc"])
     params = metrics["parameters"]
     assert params["trainable_A"] == 0 and params["trainable_other"] == 32 * 2 + 2  # the new 2-class head
+    labels = json.loads((run.adapter_dir / "labels.json").read_text())
+    assert labels == json.loads((run.path / "labels.json").read_text()) and labels["label2id"] == {"dog": 0, "house": 1}
 
 
 def test_coloured_digits_environments_differ_only_in_colour(tmp_path):

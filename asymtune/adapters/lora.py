@@ -25,6 +25,7 @@ from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
 ADAPTER_SPEC_FILE = "asymtune_adapter.json"
+ADAPTER_LABELS_FILE = "labels.json"  # a classifier's id2label / label2id (PEFT's config has no place for them)
 PEFT_PREFIX = "base_model.model."
 
 
@@ -112,13 +113,21 @@ def freeze_factors(peft_model: PeftModel, spec: AdapterSpec, adapter_name: str =
 
 
 def save_adapter(
-    peft_model: PeftModel, spec: AdapterSpec, adapter_dir: Path, state_dict: dict | None = None
+    peft_model: PeftModel, spec: AdapterSpec, adapter_dir: Path, state_dict: dict | None = None,
+    labels: dict | None = None,
 ) -> None:
     """PEFT's `save_pretrained` (from `state_dict` when given: FSDP's gathered one) plus the factor spec
-    (so `load_adapter` can restore the freeze), atomically."""
+    (so `load_adapter` can restore the freeze) and a classifier's labels, atomically."""
     with atomic.directory(adapter_dir) as scratch:
         peft_model.save_pretrained(str(scratch), state_dict=state_dict)
         (scratch / ADAPTER_SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+        write_labels(scratch, labels)
+
+
+def write_labels(adapter_dir: Path, labels: dict | None) -> None:
+    """A classifier's id2label / label2id as ADAPTER_LABELS_FILE in an adapter folder being written."""
+    if labels is not None:
+        (adapter_dir / ADAPTER_LABELS_FILE).write_text(json.dumps(labels, indent=2))
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False) -> PeftModel:

@@ -122,15 +122,16 @@ def callbacks(model: nn.Module, spec: AdapterSpec) -> list[TrainerCallback]:
 
 def save(
     model: nn.Module, recipe: Recipe, adapter_dir: Path, model_dir: Path, state_dict: dict | None = None,
-    processor=None,
+    processor=None, labels: dict | None = None,
 ) -> None:
-    """PEFT methods write adapter_dir (PEFT format); full and linear_probe write the whole model with its
-    `processor` (tokenizer or image processor), a folder that loads on its own.
+    """PEFT methods write adapter_dir (PEFT format, with a classifier's `labels` as labels.json: PEFT's config
+    has no place for them); full and linear_probe write the whole model, its config naming the labels, with
+    its `processor` (tokenizer or image processor), a folder that loads on its own.
 
     `state_dict`: the model's full state dict when `model`'s own parameters are shards (FSDP)."""
     spec = recipe.adapter
     if spec.method == "lora":
-        lora.save_adapter(model, spec, adapter_dir, state_dict)
+        lora.save_adapter(model, spec, adapter_dir, state_dict, labels)
     elif spec.method in ("full", "linear_probe"):
         with atomic.directory(model_dir) as scratch:
             model.save_pretrained(scratch, state_dict=state_dict)
@@ -139,3 +140,4 @@ def save(
     else:
         with atomic.directory(adapter_dir) as scratch:
             model.save_pretrained(str(scratch), state_dict=state_dict)
+            lora.write_labels(scratch, labels)

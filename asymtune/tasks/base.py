@@ -30,7 +30,7 @@ from asymtune.callbacks import (
 )
 from asymtune.checkpoints import MarkCheckpointComplete
 from asymtune.distributed import LaunchError
-from asymtune.models import parameter_count
+from asymtune.models import label_maps, parameter_count
 from asymtune.recipe import Recipe
 from asymtune.report import console, parameter_table
 from asymtune.runs import RunDir
@@ -105,8 +105,9 @@ def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> 
     before = family.before_training(trainer, data)
     first_step.exclude(time.perf_counter() - evaluation_started)
     result = train(trainer, run, stop)
-    save_trained(trainer, adapted, processor, recipe, run)
-    labels = family.labels(data)
+    names = family.labels(data)
+    labels = label_maps(names) if names is not None else None
+    save_trained(trainer, adapted, processor, recipe, run, labels)
     if labels is not None:
         run.write_labels(labels)
     metrics = {**training_metrics(result, first_step, rows), **before,
@@ -238,14 +239,16 @@ def evaluate_before_training(trainer: Trainer) -> dict[str, float] | None:
     return metrics
 
 
-def save_trained(trainer: Trainer, model: nn.Module, processor: Any, recipe: Recipe, run: RunDir) -> None:
-    """The adapter (or, for full/linear_probe, the model with its tokenizer or image processor, so the folder
-    reloads on its own) into the run folder; rank 0 writes.
+def save_trained(
+    trainer: Trainer, model: nn.Module, processor: Any, recipe: Recipe, run: RunDir, labels: dict | None = None
+) -> None:
+    """The adapter with a classifier's `labels` beside it (or, for full/linear_probe, the model with its
+    tokenizer or image processor, so the folder reloads on its own) into the run folder; rank 0 writes.
 
     Under FSDP each rank holds a shard: every rank first takes part in gathering the full state dict."""
     state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if run.writes:
-        methods.save(model, recipe, run.adapter_dir, run.model_dir, state_dict, processor)
+        methods.save(model, recipe, run.adapter_dir, run.model_dir, state_dict, processor, labels)
 
 
 def training_metrics(result, first_step: TimeToFirstStepCallback, train_rows: int) -> dict[str, Any]:

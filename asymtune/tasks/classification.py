@@ -23,7 +23,7 @@ from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
 from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation import metrics as m
-from asymtune.models import load_pretrained, with_pad_token
+from asymtune.models import label_maps, load_pretrained, with_pad_token
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.tasks.base import TaskFamily
@@ -176,10 +176,7 @@ class Classification(TaskFamily):
         )
 
     def load_model(self, recipe: Recipe, data: LabelledData):
-        labels = {}
-        if data.label_names:
-            labels = {"id2label": dict(enumerate(data.label_names)),
-                      "label2id": {name: i for i, name in enumerate(data.label_names)}}
+        labels = label_maps(data.label_names) if data.label_names else {}
         model, tokenizer = load_pretrained(
             recipe.model, "a sequence classifier", AutoModelForSequenceClassification, AutoTokenizer,
             console.print, num_labels=data.num_labels,

@@ -27,7 +27,7 @@ from asymtune.assets import cache_dir
 from asymtune.data.domainbed import DomainSplit, coloured_digits, rotated_digits, split
 from asymtune.data.sources import DataError
 from asymtune.evaluation.metrics import accuracy
-from asymtune.models import load_pretrained
+from asymtune.models import label_maps, load_pretrained
 from asymtune.recipe import Recipe
 from asymtune.report import console
 from asymtune.tasks.base import TaskFamily
@@ -129,8 +129,7 @@ class ImageClassification(TaskFamily):
     def load_model(self, recipe: Recipe, data: DomainSplit):
         model, processor = load_pretrained(
             recipe.model, "an image classifier", AutoModelForImageClassification, AutoImageProcessor, console.print,
-            num_labels=len(data.classes), id2label=dict(enumerate(data.classes)),
-            label2id={name: i for i, name in enumerate(data.classes)}, ignore_mismatched_sizes=True,
+            num_labels=len(data.classes), **label_maps(data.classes), ignore_mismatched_sizes=True,
         )
         if recipe.data.image_size:
             processor = resized_processor(processor, model, recipe.data.image_size)
