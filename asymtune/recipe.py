@@ -349,7 +349,8 @@ def to_yaml(recipe: Recipe) -> str:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+        raise RecipeError(f"{path}: " + ("not a regular file (a pipe, device or folder); not a recipe"
+                                         if path.exists() else "recipe file not found"))
     with path.open("rb") as handle:
         raw = handle.read(MAX_RECIPE_BYTES + 1)
     if len(raw) > MAX_RECIPE_BYTES:

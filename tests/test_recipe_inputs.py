@@ -88,3 +88,23 @@ def test_documents_built_to_crash_or_hang_the_parser_are_refused_quickly(tmp_pat
         with pytest.raises(RecipeError):
             load(path)
         assert time.perf_counter() - started < 5, name
+
+
+def test_recipes_dir_lists_pipes_devices_loops_and_huge_files_as_invalid_without_hanging(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "recipes"
+    (folder / "sub").mkdir(parents=True)
+    os.mkfifo(folder / "pipe.yaml")  # opening it for reading would wait for a writer forever
+    (folder / "zero.yaml").symlink_to("/dev/zero")  # reading it never ends
+    (folder / "sub" / "loop").symlink_to("..")
+    (folder / "huge.yaml").write_text("a: " + "x" * (3 << 20))
+    command = [sys.executable, "-m", "asymtune.cli", "recipes", "--dir", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    for name in ("pipe.yaml", "zero.yaml"):
+        assert f"{name}" in result.stdout and "not a regular file" in result.stdout, result.stdout
+    assert "larger than 1024 KiB" in result.stdout
