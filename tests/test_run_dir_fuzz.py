@@ -14,13 +14,16 @@ from asymtune.cli import main
 from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
-FILES = ("status.json", "metrics.json", "recipe.yaml", "env.json", "adapter/adapter_model.safetensors",
-         "adapter/adapter_config.json", "adapter/asymtune_adapter.json")
+CHECKPOINT = "checkpoints/checkpoint-2/"
+FILES = ("status.json", "metrics.json", "recipe.yaml", "env.json", "logs/train.jsonl",
+         "adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/asymtune_adapter.json",
+         *(CHECKPOINT + name for name in ("asymtune_checkpoint.json", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+                                          "trainer_state.json", "adapter_model.safetensors", "adapter_config.json")))
 
 
 @pytest.fixture(scope="module")
 def finished_runs(tiny_llama_dir, tmp_path_factory):
-    """Two completed B-only runs of the same recipe (two seeds) under one root."""
+    """Two completed B-only runs of the same recipe (two seeds) under one root, each with its final checkpoint."""
     folder = tmp_path_factory.mktemp("finished")
     data = write_jsonl(folder / "alpaca.jsonl", alpaca_rows(20))
     for seed in (0, 1):
@@ -38,7 +41,8 @@ def commands(root, run_path):
             ["theory", "--d", "8", "--rank", "2", "--trials", "2", "--run", str(run_path)],
             ["export", str(run_path), "--compact", str(root.parent / "compact-out")],
             ["similarity", *(str(r.path) for r in resolve([str(root)])), "--figures-dir", str(root.parent / "sim")],
-            ["eval", str(run_path), "--mmlu", "--mmlu-data", str(root.parent / "none.jsonl")]]
+            ["eval", str(run_path), "--mmlu", "--mmlu-data", str(root.parent / "none.jsonl")],
+            ["train", "--resume", str(run_path)]]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -47,6 +51,7 @@ def test_a_damaged_run_never_gives_a_traceback(finished_runs, tmp_path_factory, 
     root = tmp_path_factory.mktemp("damaged") / "runs"
     shutil.copytree(finished_runs, root)
     run_path = resolve([str(root)])[0].path
+    (run_path / "status.json").write_text('{"status": "interrupted", "step": 1}')  # so --resume tries it
     target = run_path / name
     content = target.read_bytes()
     target.write_bytes(content[: int(len(content) * cut)] if truncate else junk)
