@@ -79,6 +79,15 @@ def run_metrics(run: RunDir) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Member:
+    """A completed run in a group: its folder, its recipe document (None for a base-model run), its metrics."""
+
+    run: RunDir
+    document: dict[str, Any] | None
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Comparison:
     title: str
     rows: list[Row]
@@ -109,12 +118,12 @@ def build(refs: list[str], root: Path, latest: bool = False, group_by: list[str]
 def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = False) -> list[Row]:
     """Rows for `found`: completed runs grouped into variants (or one row each with `per_run`),
     every run that did not complete on its own row."""
-    groups: dict[str, list[tuple[RunDir, dict[str, Any] | None]]] = {}
+    groups: dict[str, list[Member]] = {}
     rows: list[Row] = []
     for run in found:
         try:
             status = run.read_json("status.json") or {}
-            run_metrics(run)
+            metrics = run_metrics(run)
         except RunDirError as error:  # one damaged run is listed, and never hides the others
             rows.append(Row(label=_run_label(run), status="unreadable", factors=str(error), runs=[str(run.path)]))
             continue
@@ -127,7 +136,7 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
             rows.append(Row(label=_run_label(run), status="completed (recipe.yaml unreadable)", runs=[str(run.path)]))
             continue
         key = str(run.path) if per_run else _group_key(run, document, status, group_by)
-        groups.setdefault(key, []).append((run, document))
+        groups.setdefault(key, []).append(Member(run, document, metrics))
     return [_group_row(members) for members in groups.values()] + rows
 
 
@@ -340,10 +349,10 @@ def _group_key(
     return json.dumps(stripped, sort_keys=True)
 
 
-def _group_row(members: list[tuple[RunDir, dict[str, Any] | None]]) -> Row:
-    first_run, document = members[0]
-    metrics = [run_metrics(run) for run, _ in members]
-    row = Row(label=first_run.path.parent.name, status="completed", runs=[str(run.path) for run, _ in members])
+def _group_row(members: list[Member]) -> Row:
+    first_run, document = members[0].run, members[0].document
+    metrics = [member.metrics for member in members]
+    row = Row(label=first_run.path.parent.name, status="completed", runs=[str(member.run.path) for member in members])
     if document is None:
         row.label, row.method = (first_run.read_json("status.json") or {}).get("base_model", row.label), "base model"
     else:

@@ -63,6 +63,11 @@ def test_each_method_trains_and_counts_parameters(
     assert params["trainable_percent"] == pytest.approx(100 * expected / params["base"])
     saved = run.model_dir if adapter["method"] in ("full", "linear_probe") else run.adapter_dir
     assert any(saved.glob("*.safetensors"))
+    if saved == run.model_dir and not checkpointing:  # eval RUN loads the saved folder as the model
+        rerun = CliRunner().invoke(main, ["eval", str(run.path)])
+        assert rerun.exit_code == 0, rerun.output
+        again, metrics = run.read_json("eval/task.json"), run.read_json("metrics.json")
+        assert again["eval_validation_loss"] == pytest.approx(metrics["eval_validation_loss"], abs=1e-6)
 
 
 def test_method_settings_are_checked(write_recipe, tmp_path):

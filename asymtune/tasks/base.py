@@ -119,20 +119,21 @@ def evaluate_saved(family: TaskFamily, recipe: Recipe, run: RunDir) -> dict[str,
     """The family's metrics of a finished run, from its saved adapter (or model) and its recipe's data."""
     set_seed(recipe.seed)
     data = family.load_data(recipe)
-    model, processor = family.load_model(recipe, data)
-    model = load_trained(model, recipe, run)
+    if recipe.adapter.method in ("full", "linear_probe"):  # the saved folder is the model, with its processor
+        saved = recipe.model.model_copy(update={"name": str(run.model_dir), "gguf_file": None})
+        model, processor = family.load_model(recipe.model_copy(update={"model": saved}), data)
+    else:
+        model, processor = family.load_model(recipe, data)
+        model = load_adapted(model, recipe, run)
     trainer = family.make_trainer(recipe, model, processor, data, trainer_options(recipe, run, model.dtype),
                                   [ProgressCallback()], (None, None))
     trainer.remove_callback(PrinterCallback)
     return family.metrics(trainer, model, processor, data, recipe, run)
 
 
-def load_trained(model: nn.Module, recipe: Recipe, run: RunDir) -> nn.Module:
-    """`model` with the run's saved adapter on it (asymtune LoRA refrozen as trained), or the run's saved
-    whole model (full fine-tuning, linear probing) in its place."""
+def load_adapted(model: nn.Module, recipe: Recipe, run: RunDir) -> nn.Module:
+    """`model` with the run's saved adapter on it (asymtune LoRA refrozen as trained)."""
     method = recipe.adapter.method
-    if method in ("full", "linear_probe"):
-        return type(model).from_pretrained(run.model_dir, dtype=model.dtype)
     if method == "lora":
         return load_adapter(model, run.adapter_dir)
     return PeftModel.from_pretrained(model, str(run.adapter_dir))
