@@ -106,8 +106,7 @@ def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch
     if not mmlu:
         if base_model or mmlu_data or subjects:
             raise UserError("--model, --mmlu-data and --subjects go with --mmlu")
-        for run in runs.resolve(list(run_refs), root) if run_refs else [run_eval.latest_run(root)]:
-            recipe, metrics = task_metrics.rerun(run)
+        for run, recipe, metrics in task_metrics.rerun_all(list(run_refs), root):
             results.print(summary_table(f"{recipe.name} — {run.path.name}", metrics))
         return
     options = run_eval.mmlu_options(mmlu_data, subjects, num_fewshot, batch_size, limit, device, log)
@@ -217,12 +216,8 @@ def sweep(recipe_file, seeds, grid, overrides, output_dir) -> None:
 @RUNS_ROOT
 def similarity(run_refs: tuple[str, ...], folder: str | None, output_dir: str) -> None:
     """Figure 1: per layer and target, how alike the learned A's and B's of several runs are."""
-    import importlib.util
-
     from asymtune.analysis import similarity as sim
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UserError("similarity draws heatmaps with matplotlib: pip install 'asymtune[analysis]'")
     found = runs.resolve(list(run_refs), Path(output_dir))
     drawn = sim.compare_runs(found, Path(folder) if folder else None)
     results.print(report.similarity_table(drawn.record))

@@ -10,6 +10,7 @@ invariant to any invertible r × r transform C, since B·A = (B·C)(C⁻¹·A) l
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import statistics
@@ -132,6 +133,8 @@ class Report:
 
 def compare_runs(runs: list[RunDir], folder: Path | None) -> Report:
     """Figure 1 for `runs`: heatmaps and similarity.json into `folder` (default FIRST_RUN/eval/similarity)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SimilarityError("similarity draws heatmaps with matplotlib: pip install 'asymtune[analysis]'")
     if len(runs) < 2:
         raise SimilarityError("give at least two runs to compare")
     missing = [str(run.path) for run in runs if not (run.adapter_dir / "adapter_model.safetensors").is_file()]

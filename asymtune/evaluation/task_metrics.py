@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from asymtune import atomic, recipe
-from asymtune.runs import RunDir, RunDirError
+from asymtune.evaluation.run_eval import latest_run
+from asymtune.runs import RunDir, RunDirError, resolve
 from asymtune.tasks.base import evaluate_saved, family
 
 TASK_FILE = "task.json"
@@ -20,3 +23,9 @@ def rerun(run: RunDir) -> tuple[recipe.Recipe, dict[str, Any]]:
     metrics = evaluate_saved(family(trained.task), trained, run)
     atomic.write_json(run.path / "eval" / TASK_FILE, metrics)
     return trained, metrics
+
+
+def rerun_all(refs: list[str], root: Path) -> Iterator[tuple[RunDir, recipe.Recipe, dict[str, Any]]]:
+    """`rerun` for each run `refs` name under `root` (`runs.resolve`), or for the latest run there."""
+    for run in resolve(refs, root) if refs else [latest_run(root)]:
+        yield run, *rerun(run)
