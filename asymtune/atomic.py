@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -33,12 +35,32 @@ def write_json(path: Path, data: Any) -> None:
 
 @contextmanager
 def directory(target: Path) -> Iterator[Path]:
-    """Yield a scratch folder beside `target`; on success it is renamed to `target` (which must not exist)."""
+    """Yield a scratch folder beside `target`; on success it becomes `target`. An existing `target` (a resumed
+    run saving its adapter again) is swapped with it in one step, then removed: a reader sees one or the other.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield scratch
-        os.replace(scratch, target)
-    except BaseException:
+        if target.is_dir() and not target.is_symlink():
+            _exchange(scratch, target)  # scratch now holds the old folder
+        else:
+            os.replace(scratch, target)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise
+
+
+def _exchange(first: Path, second: Path) -> None:
+    """Swap two paths atomically: Linux renameat2(RENAME_EXCHANGE); elsewhere, two renames."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_cwd, rename_exchange = -100, 2
+        if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS):  # not an unsupported filesystem
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(second))
+    parked = first.with_name(first.name.removesuffix(".tmp") + ".old.tmp")
+    os.replace(second, parked)
+    os.replace(first, second)
+    os.replace(parked, first)

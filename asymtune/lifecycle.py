@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import signal
 import traceback
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from asymtune import atomic, distributed
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
 from asymtune.registry import missing_extras
-from asymtune.runs import RunDir, RunDirError
+from asymtune.runs import RunDir, RunDirError, pid_alive
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,38 @@ def train(
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
     if resume_dir is None:
         run = distributed.shared_run_dir(lambda: start(recipe, output_dir, argv))
-    else:
-        from asymtune.checkpoints import newest_complete  # transformers loads only when training
+        with run.exclusive("training"):
+            return _run(recipe, run, log)
+    run = distributed.shared_run_dir(lambda: stopped)
+    if run.died():
+        log(f"[yellow]warning:[/yellow] {run.path}: the process training it died without a final status")
+    with run.exclusive("training"):
+        if run.writes:
+            open_to_resume(run.path)  # again, now that no other process can start it
+        _prepare_resume(run, log)
+        return _run(recipe, run, log)
 
-        run = distributed.shared_run_dir(lambda: stopped)
-        run.resume_from = newest_complete(run.path / "checkpoints", lambda m: log(f"[yellow]warning:[/yellow] {m}"))
-        start_point = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
-        log(f"resuming from {start_point}")
-        run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
+
+def _run(recipe: recipes.Recipe, run: RunDir, log: Callable[[str], None]) -> Finished:
     run.set_status("running", pid=os.getpid(), host=platform.node())
     log(f"run directory: [bold]{run.path}[/bold]")
     metrics = execute(recipe, run)
     run.write_metrics(metrics)
     run.set_status("completed")
     return Finished(run, recipe, metrics)
+
+
+def _prepare_resume(run: RunDir, log: Callable[[str], None]) -> None:
+    """Remove what a stopped process left half-written, and pick the checkpoint to continue from."""
+    from asymtune.checkpoints import newest_complete  # transformers loads only when training
+
+    if run.writes:
+        for leftover in run.path.rglob(".*.tmp"):  # atomic writes cut off mid-way
+            shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+    run.resume_from = newest_complete(run.path / "checkpoints", lambda m: log(f"[yellow]warning:[/yellow] {m}"))
+    start_point = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
+    log(f"resuming from {start_point}")
+    run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
 
 
 def start(recipe: recipes.Recipe, output_dir: Path, argv: list[str]) -> RunDir:
@@ -84,7 +103,8 @@ def open_to_resume(path: Path) -> RunDir:
     if status.get("status") == "completed":
         raise RunDirError(f"{path}: the run already completed; start a new one with asymtune train RECIPE")
     pid = status.get("pid")
-    if status.get("status") == "running" and status.get("host") == platform.node() and pid and _alive(pid):
+    if status.get("status") == "running" and status.get("host") == platform.node() and isinstance(pid, int) \
+            and pid_alive(pid):
         raise RunDirError(f"{path}: still being trained by process {pid}; stop it first")
     return run
 
@@ -92,6 +112,7 @@ def open_to_resume(path: Path) -> RunDir:
 def execute(recipe: recipes.Recipe, run: RunDir) -> dict[str, Any]:
     """Train `run` through its task family with the run's own stop handler; an error ends the run's status."""
     from asymtune.callbacks import GracefulStop, NonFiniteLoss, TrainingInterrupted
+    from asymtune.checkpoints import newest_complete
     from asymtune.tasks.base import family, fit
 
     resume_hint = f"resume with: asymtune train --resume {run.path}"
@@ -108,8 +129,9 @@ def execute(recipe: recipes.Recipe, run: RunDir) -> dict[str, Any]:
     except TrainingInterrupted as error:
         run.set_status("interrupted", step=error.step)
         raise RunEnded(f"interrupted: {error}; {resume_hint}", 130) from None
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
+    except KeyboardInterrupt:  # a second signal, or one outside the training loop: resume from the last checkpoint
+        last = newest_complete(run.path / "checkpoints", warn=lambda message: None)
+        run.set_status("interrupted", step=last.step if last else 0)
         raise RunEnded(f"interrupted; {resume_hint}", 130) from None
     except Exception as error:
         if run.writes:
@@ -120,13 +142,3 @@ def execute(recipe: recipes.Recipe, run: RunDir) -> dict[str, Any]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()

@@ -6,6 +6,7 @@ adapter/ (PEFT format). Every file is written atomically; an existing run dir is
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import glob
 import json
@@ -15,7 +16,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pydantic")
 LABELS_FILE = "labels.json"
+LOCK_FILE = ".lock"  # flock'ed by the one process writing the run; the kernel releases it when that process dies
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
@@ -136,6 +139,63 @@ class RunDir:
     def status(self) -> str:
         return (self.read_json("status.json") or {}).get("status", "unknown")
 
+    @contextmanager
+    def exclusive(self, purpose: str) -> Iterator[None]:
+        """Hold the run's lock while `purpose` (e.g. "training") writes into it. RunDirError naming the holder
+        when another process has it, or naming a symlink in the run that leads out of it (writes, appends
+        and copies would follow it). Ranks that do not write take no lock."""
+        self.check_links()
+        if not self.writes:
+            yield
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(f"{self.path}: in use by {_holder(fd)}; wait for it to end or stop it") from None
+            os.ftruncate(fd, 0)
+            holder = {"pid": os.getpid(), "host": platform.node(), "purpose": purpose}
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def is_locked(self) -> bool:
+        """Whether a live process holds the run's lock (is training it, or writing into it)."""
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def check_links(self) -> None:
+        """RunDirError naming the first symlink under the run that resolves outside it."""
+        root = self.path.resolve()
+        for folder, names, files in os.walk(self.path):
+            for name in names + files:
+                entry = Path(folder) / name
+                if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                    raise RunDirError(f"{entry}: a symlink out of the run directory (to {os.readlink(entry)}); "
+                                      "asymtune writes and copies only inside a run, so it refuses this run")
+
+    def died(self) -> bool:
+        """Whether the run says it is running but no process is: its lock is free (the kernel released it
+        when the trainer died, e.g. killed for memory), or its pid on this host is gone."""
+        status = self.read_json("status.json") or {}
+        if status.get("status") != "running" or self.is_locked():
+            return False
+        if (self.path / LOCK_FILE).is_file():
+            return True
+        pid = status.get("pid")
+        return status.get("host") == platform.node() and isinstance(pid, int) and not pid_alive(pid)
+
 
 def environment(seed: int, argv: list[str]) -> dict[str, Any]:
     """Versions, seed, argv, git commit of the asymtune checkout (if any), device and host."""
@@ -199,6 +259,32 @@ def _runs_in(path: Path) -> list[RunDir]:
     if not nested:
         raise RunDirError(f"{path}: not a run directory and holds none")
     return [RunDir(p) for p in nested]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (and is not this process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock open at `fd`, as it wrote itself there (it writes just after taking the lock)."""
+    for _ in range(50):
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+            return f"process {int(holder['pid'])} on {holder['host']} ({holder['purpose']})"
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            time.sleep(0.02)
+    return "another process"
 
 
 def _git_commit() -> str | None:

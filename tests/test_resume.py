@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import sft_recipe
 from safetensors.torch import load_file
@@ -148,3 +149,53 @@ def test_resume_skips_a_marked_checkpoint_whose_state_is_damaged(tmp_path):
     assert "optimizer.pt is not a torch archive" in warnings[0] and "does not parse" in warnings[1]
     (tmp_path / "checkpoint-2" / MARKER).write_text("{not json")
     assert newest_complete(tmp_path, warnings.append) is None and f"{MARKER} is not JSON" in warnings[-1]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_after_its_adapter_was_saved_resumes_to_the_same_adapter(
+    tiny_llama_dir, alpaca_file, write_recipe, tmp_path, monkeypatch
+):
+    """A signal in the final evaluation (after the last checkpoint and the adapter were written): the status
+    records the step to resume from; --resume takes no extra step, replaces the adapter in one move and
+    removes what the stopped process left half-written."""
+    from asymtune.tasks.sft import FAMILY
+
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["train"].update(max_steps=4, save_steps=2, lr_scheduler="constant")  # an extra step would show
+    recipe_file = write_recipe(recipe)
+    with monkeypatch.context() as patched:
+        def signal_in_final_evaluation(*args, **kwargs):
+            raise KeyboardInterrupt
+        patched.setattr(type(FAMILY), "metrics", signal_in_final_evaluation)
+        stopped = CliRunner().invoke(main, ["train", str(recipe_file), "--output-dir", str(tmp_path / "runs")])
+    assert stopped.exit_code == 130, stopped.output
+    [run] = resolve([str(tmp_path / "runs")])
+    assert run.read_json("status.json") == {**run.read_json("status.json"), "status": "interrupted", "step": 4}
+    saved = adapter_weights(run)
+    (run.path / ".adapter.x1y2z3.tmp").mkdir()  # a save cut off mid-way by a kill
+    (run.path / ".adapter.x1y2z3.tmp" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+
+    result = resume(run.path)
+    assert result.exit_code == 0, result.output
+    assert run.status == "completed" and run.read_json("metrics.json")["train_steps"] == 4
+    assert "step 5" not in result.output
+    assert not list(run.path.glob(".*.tmp"))
+    resumed = adapter_weights(run)
+    assert all(torch.equal(resumed[key], saved[key]) for key in saved)
+    assert max(json.loads(line).get("step", 0) for line in run.log_file.read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_at_once_one_trains_the_other_is_refused(resumable_recipe, tmp_path):
+    process = start_training(resumable_recipe, tmp_path / "runs")
+    wait_for(tmp_path / "runs", f"*/*/checkpoints/checkpoint-4/{MARKER}", process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    [run] = resolve([str(tmp_path / "runs")])
+    command = [sys.executable, "-m", "asymtune.cli", "train", "--resume", str(run.path)]
+    racers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((racer.wait(timeout=300), racer.communicate()[1]) for racer in racers)
+    [(won, _), (lost, message)] = outcomes
+    assert (won, lost) == (0, 2), outcomes
+    assert "in use by process" in message and "(training)" in message
+    assert run.status == "completed" and run.read_json("metrics.json")["train_steps"] == 48

@@ -191,6 +191,10 @@ def train(trainer: Trainer, run: RunDir, stop: GracefulStop) -> TrainOutput:
         mode = "FSDP" if trainer.is_fsdp_enabled else "DDP"
         console.print(f"data parallel: {mode} over {trainer.args.world_size} processes")
         run.append_log({"event": "distributed", "mode": mode, "world_size": trainer.args.world_size})
+    if resumed and 0 < trainer.args.max_steps <= resumed.step:  # stopped after its last step (e.g. in the final
+        # evaluation): the Trainer would take one step more before it checks, so take the checkpoint's weights
+        trainer._load_from_checkpoint(str(resumed.path))
+        return TrainOutput(resumed.step, resumed.loss_sum / resumed.step, {})
     result = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
     if stop.requested:
         raise TrainingInterrupted(result.global_step)
