@@ -28,6 +28,11 @@ RUNS_ROOT = click.option("--output-dir", default="runs", show_default=True, type
                          help="The runs root: where runs are written and run names are looked up.")
 
 
+TRUST_REMOTE_CODE = click.option(
+    "--trust-remote-code", is_flag=True,
+    help="Let the run's model run code it ships (auto_map). A run directory's own recipe never opts you in.")
+
+
 class FiniteFloat(click.FloatRange):
     """A float in range that is also finite (click's FloatRange lets nan through: every comparison is false)."""
 
@@ -67,16 +72,18 @@ def main() -> None:
               help="Continue this run from its newest complete checkpoint (its own recipe; no RECIPE_FILE).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N data-parallel processes, launched through accelerate (GPUs if enough, else CPU).")
-def train(recipe_file, overrides, output_dir, resume_dir, nproc) -> None:
+@TRUST_REMOTE_CODE
+def train(recipe_file, overrides, output_dir, resume_dir, nproc, trust_remote_code) -> None:
     """Train the adapter a recipe describes into a new run directory, or resume a stopped run.
 
     Under `accelerate launch` or `torchrun` each process runs this same command; rank 0 writes the run."""
     from asymtune import lifecycle
 
     if nproc > 1:
-        sys.exit(distributed.launch(nproc, distributed.train_argv(recipe_file, overrides, output_dir, resume_dir)))
+        argv = distributed.train_argv(recipe_file, overrides, output_dir, resume_dir, trust_remote_code)
+        sys.exit(distributed.launch(nproc, argv))
     finished = lifecycle.train(Path(recipe_file) if recipe_file else None, overrides, Path(output_dir),
-                               Path(resume_dir) if resume_dir else None, sys.argv, log)
+                               Path(resume_dir) if resume_dir else None, sys.argv, log, trust_remote_code)
     console.print(summary_table(f"{finished.recipe.name} — done", finished.metrics))
     run = finished.run
     console.print(f"saved to [bold]{run.adapter_dir if run.adapter_dir.is_dir() else run.model_dir}[/bold]")
@@ -93,7 +100,9 @@ def train(recipe_file, overrides, output_dir, resume_dir, nproc) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many questions per subject.")
 @click.option("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu).")
 @RUNS_ROOT
-def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch_size, limit, device, output_dir):
+@TRUST_REMOTE_CODE
+def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch_size, limit, device, output_dir,
+             trust_remote_code):
     """Evaluate runs (default: the latest) or a base model; results go to RUN/eval/.
 
     With --mmlu: 5-shot MMLU through lm-eval. Without: the run's own task metrics again from its saved
@@ -106,11 +115,11 @@ def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch
     if not mmlu:
         if base_model or mmlu_data or subjects:
             raise UserError("--model, --mmlu-data and --subjects go with --mmlu")
-        for run, recipe, metrics in task_metrics.rerun_all(list(run_refs), root):
+        for run, recipe, metrics in task_metrics.rerun_all(list(run_refs), root, trust_remote_code):
             results.print(summary_table(f"{recipe.name} — {run.path.name}", metrics))
         return
     options = run_eval.mmlu_options(mmlu_data, subjects, num_fewshot, batch_size, limit, device, log)
-    for run, summary in run_eval.evaluate_mmlu(list(run_refs), base_model, root, options, log):
+    for run, summary in run_eval.evaluate_mmlu(list(run_refs), base_model, root, options, log, trust_remote_code):
         results.print(report.mmlu_table(run.path.name, summary))
 
 
@@ -264,7 +273,8 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, 
 @click.option("--merged", "merged_dir", type=click.Path(),
               help="Write RUN's base model with the adapter merged in (safetensors).")
 @RUNS_ROOT
-def export(source, compact_dir, peft_dir, merged_dir, output_dir) -> None:
+@TRUST_REMOTE_CODE
+def export(source, compact_dir, peft_dir, merged_dir, output_dir, trust_remote_code) -> None:
     """Convert a run's adapter between PEFT, compact and merged forms. SOURCE: a run (folder or name) or,
     for --peft, a compact folder."""
     from asymtune import export as exporting
@@ -273,7 +283,7 @@ def export(source, compact_dir, peft_dir, merged_dir, output_dir) -> None:
     if len(chosen) != 1:
         raise UserError("choose exactly one of --compact DIR, --peft DIR, --merged DIR")
     (form, target), = chosen.items()
-    size = exporting.export(source, form, Path(target), Path(output_dir), log)
+    size = exporting.export(source, form, Path(target), Path(output_dir), log, trust_remote_code)
     console.print(f"wrote {target} ({size / 2**20:.2f} MiB)", highlight=False)
 
 

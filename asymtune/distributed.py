@@ -48,11 +48,13 @@ def shared_run_dir(make: Callable[[], RunDir]) -> RunDir:
 
 
 def train_argv(
-    recipe_file: str | None, overrides: tuple[str, ...], output_dir: str, resume_dir: str | None
+    recipe_file: str | None, overrides: tuple[str, ...], output_dir: str, resume_dir: str | None,
+    trust_remote_code: bool = False,
 ) -> list[str]:
     """The `asymtune train` arguments each launched process runs (the same command, without --nproc)."""
     return ["train", *([recipe_file] if recipe_file else []), *(f"--set={o}" for o in overrides),
-            f"--output-dir={output_dir}", *([f"--resume={resume_dir}"] if resume_dir else [])]
+            f"--output-dir={output_dir}", *([f"--resume={resume_dir}"] if resume_dir else []),
+            *(["--trust-remote-code"] if trust_remote_code else [])]
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -37,18 +37,25 @@ class Finished:
 
 def train(
     recipe_file: Path | None, overrides: tuple[str, ...], output_dir: Path, resume_dir: Path | None,
-    argv: list[str], log: Callable[[str], None],
+    argv: list[str], log: Callable[[str], None], trust_remote_code: bool = False,
 ) -> Finished:
-    """Train `recipe_file` into a new run under `output_dir`, or continue the stopped run `resume_dir`."""
+    """Train `recipe_file` into a new run under `output_dir`, or continue the stopped run `resume_dir`.
+
+    A recipe opts into running its model's own code with model.trust_remote_code (a warning names the code);
+    a resumed run's stored opt-in counts only with `trust_remote_code` (--trust-remote-code)."""
     if resume_dir is None:
         if recipe_file is None:
             raise UserError("give a RECIPE_FILE to train, or --resume RUN_DIR to continue a run")
+        if trust_remote_code:
+            raise UserError("--trust-remote-code goes with --resume; a recipe opts in with model.trust_remote_code")
         recipe = recipes.load(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
+        if recipe.model.trust_remote_code:
+            log(f"[yellow]warning:[/yellow] {remote_code_warning(recipe.model)}")
     elif recipe_file is not None or overrides:
         raise UserError("--resume continues a run with the recipe it started with: drop RECIPE_FILE and --set")
     else:
         stopped = open_to_resume(resume_dir)  # on every rank, before rank 0 marks it running
-        recipe = recipes.load(stopped.path / "recipe.yaml")
+        recipe = stopped.trained_recipe(trust_remote_code)
     missing = missing_extras(recipe.task)
     if missing:
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
@@ -86,6 +93,16 @@ def _prepare_resume(run: RunDir, log: Callable[[str], None]) -> None:
     start_point = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
     log(f"resuming from {start_point}")
     run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
+
+
+def remote_code_warning(model: recipes.ModelSpec) -> str:
+    """What model.trust_remote_code: true will run: the Python files of a local model folder, or a hub repo's."""
+    folder = Path(model.name) if model.name else None
+    if folder is not None and folder.is_dir():
+        files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*.py"))
+        shipped = ", ".join(files) if files else "none found (nothing to run)"
+        return f"model.trust_remote_code: true runs the code in {folder}: {shipped}"
+    return f"model.trust_remote_code: true runs whatever code the hub repo {model.name} ships"
 
 
 def start(recipe: recipes.Recipe, output_dir: Path, argv: list[str]) -> RunDir:

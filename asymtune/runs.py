@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from asymtune import atomic
 from asymtune.errors import UserError
 from asymtune.recipe import NAME_PATTERN as NAME
-from asymtune.recipe import Recipe, to_yaml
+from asymtune.recipe import Recipe, load, to_yaml
 
 if TYPE_CHECKING:
     from asymtune.checkpoints import Checkpoint
@@ -138,6 +138,20 @@ class RunDir:
     @property
     def status(self) -> str:
         return (self.read_json("status.json") or {}).get("status", "unknown")
+
+    def trained_recipe(self, trust_remote_code: bool = False) -> Recipe:
+        """The recipe the run trained with, to load its model again. The stored `model.trust_remote_code` is not
+        honoured (a run directory cannot opt anyone into running code): `trust_remote_code`, the caller's
+        --trust-remote-code, decides, and a run whose model needs it is refused without it."""
+        trained = load(self.path / "recipe.yaml")
+        model = trained.model
+        if model.trust_remote_code and not trust_remote_code:
+            raise RunDirError(
+                f"{self.path / 'recipe.yaml'}: model {model.name or model.gguf_file} runs code of its own "
+                "(model.trust_remote_code: true), and a run directory cannot opt you in; pass --trust-remote-code "
+                "if you trust that model folder's code"
+            )
+        return trained.model_copy(update={"model": model.model_copy(update={"trust_remote_code": trust_remote_code})})
 
     @contextmanager
     def exclusive(self, purpose: str) -> Iterator[None]:

@@ -144,11 +144,17 @@ def compare_runs(runs: list[RunDir], folder: Path | None) -> Report:
         result = pairwise([load_factors(run.adapter_dir) for run in runs])
     except ValueError as error:
         raise SimilarityError(str(error)) from None
-    folder = folder or runs[0].path / "eval" / "similarity"
-    images = heatmaps(result, folder, f"{len(runs)} runs")
     record = {"runs": [str(run.path) for run in runs], "pairs": len(runs) * (len(runs) - 1) // 2,
               "per_target": summary(result),
               "per_layer": {w: [{"layer": k[0], "target": k[1], "similarity": v} for k, v in result[w].items()]
                             for w in result}}
+    if folder is not None:
+        return Report(record, _write(result, record, folder, len(runs)))
+    with runs[0].exclusive("similarity"):  # written into the first run
+        return Report(record, _write(result, record, runs[0].path / "eval" / "similarity", len(runs)))
+
+
+def _write(result: dict, record: dict, folder: Path, count: int) -> list[Path]:
+    images = heatmaps(result, folder, f"{count} runs")
     atomic.write_json(folder / "similarity.json", record)
-    return Report(record, images)
+    return images

@@ -55,7 +55,8 @@ def mmlu_options(data: str | None, subjects: str | None, num_fewshot: int, batch
 
 
 def evaluate_mmlu(refs: list[str], base_model: str | None, root: Path, options: MMLUOptions,
-                  log: Callable[[str], None]) -> Iterator[tuple[RunDir, dict[str, dict[str, float]]]]:
+                  log: Callable[[str], None], trust_remote_code: bool = False,
+                  ) -> Iterator[tuple[RunDir, dict[str, dict[str, float]]]]:
     """(run, MMLU summary) for each run named by `refs` (default: the latest under `root`), or for
     `base_model` with no adapter in a run folder of its own (marked failed if the evaluation fails)."""
     if base_model and refs:
@@ -67,7 +68,7 @@ def evaluate_mmlu(refs: list[str], base_model: str | None, root: Path, options: 
     for run in targets:
         log(f"MMLU for [bold]{run.path}[/bold]")
         try:
-            yield run, run_mmlu(run, options.as_dict(), log)
+            yield run, run_mmlu(run, options.as_dict(), log, trust_remote_code)
         except BaseException as error:
             if base_model:  # the folder exists only for this evaluation
                 run.set_status("failed", base_model=base_model, error=f"{type(error).__name__}: {error}")
@@ -90,7 +91,7 @@ def base_model_run(root: Path, model_name: str) -> RunDir:
     return run
 
 
-def model_args_for(run: RunDir, status: dict[str, Any], log) -> dict[str, str]:
+def model_args_for(run: RunDir, status: dict[str, Any], log, trust_remote_code: bool = False) -> dict[str, str]:
     """lm-eval `hf` arguments for a run: its base model plus `peft=` its adapter (none for base-model runs)."""
     from asymtune.models import lm_eval_model_args, select_dtype
 
@@ -99,7 +100,7 @@ def model_args_for(run: RunDir, status: dict[str, Any], log) -> dict[str, str]:
         return {**lm_eval_model_args(spec, log), "dtype": str(select_dtype("auto")).removeprefix("torch.")}
     if status.get("status") != "completed" or not (run.adapter_dir / "adapter_config.json").is_file():
         raise RunDirError(f"{run.path}: status {status.get('status', 'unknown')}, no finished adapter to evaluate")
-    trained = recipe.load(run.path / "recipe.yaml")
+    trained = run.trained_recipe(trust_remote_code)
     if trained.task != "sft":
         raise RunDirError(f"{run.path}: MMLU evaluates causal language models; this is a {trained.task} run")
     spec = trained.model
@@ -107,15 +108,15 @@ def model_args_for(run: RunDir, status: dict[str, Any], log) -> dict[str, str]:
     return {**lm_eval_model_args(spec, log), "peft": str(run.adapter_dir), "dtype": dtype}
 
 
-def run_mmlu(run: RunDir, options: dict[str, Any], log) -> dict[str, dict[str, float]]:
+def run_mmlu(run: RunDir, options: dict[str, Any], log, trust_remote_code: bool = False) -> dict[str, dict[str, float]]:
     """MMLU for one run; writes RUN/eval/mmlu.json (summary + lm-eval results) and per-question samples."""
     from lm_eval.utils import handle_non_serializable
 
     from asymtune.evaluation import mmlu
 
     status = run.read_json("status.json") or {}
-    model_args = model_args_for(run, status, log)
-    with tempfile.TemporaryDirectory(prefix="asymtune-mmlu-") as workdir:
+    model_args = model_args_for(run, status, log, trust_remote_code)
+    with run.exclusive("evaluation"), tempfile.TemporaryDirectory(prefix="asymtune-mmlu-") as workdir:
         results, summary = mmlu.evaluate(model_args=model_args, workdir=Path(workdir), **options)
     samples = results.pop("samples", {})
     record = {"summary": summary, "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items()},
