@@ -40,23 +40,40 @@ def newest_complete(folder: Path, warn: Callable[[str], None]) -> Checkpoint | N
         if not marker.is_file():
             warn(f"skipping {path}: incomplete (no {MARKER}; the run stopped while writing it)")
             continue
-        problem = damage(path)
-        if problem:
-            warn(f"skipping {path}: damaged ({problem}); resuming from the one before it")
+        checkpoint = read(path, step)
+        if isinstance(checkpoint, str):
+            warn(f"skipping {path}: damaged ({checkpoint}); resuming from the one before it")
             continue
-        return Checkpoint(path, step, json.loads(marker.read_text())["loss_sum"])
+        return checkpoint
     return None
 
 
-def damage(path: Path) -> str | None:
-    """What is wrong with a checkpoint marked complete, or None: an unreadable marker, a torch state file that
-    is not an intact archive (checked by CRC, nothing unpickled), or weights whose header does not parse."""
+REQUIRED = {"trainer_state.json": "trainer_state.json", "scheduler.pt": "scheduler.pt",
+            "rng_state*.pth": "its RNG state", "optimizer*": "its optimizer state"}
+
+
+def read(path: Path, step: int) -> Checkpoint | str:
+    """The checkpoint in `path` (named for `step`), or what is wrong with it: a missing piece a resume needs
+    (optimizer, scheduler, RNG or trainer state, weights), a marker or trainer state that does not parse or
+    names another step, a torch state file that is not an intact archive (checked by CRC, nothing unpickled),
+    or weights whose header does not parse."""
     try:
         record = json.loads((path / MARKER).read_bytes().decode("utf-8"))
         if not isinstance(record, dict) or not isinstance(record.get("loss_sum"), (int, float)):
             return f"{MARKER} holds no loss_sum"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return f"{MARKER} is not JSON"
+        trainer_state = json.loads((path / "trainer_state.json").read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return f"{MARKER} or trainer_state.json is not JSON"
+    for pattern, what in REQUIRED.items():
+        if not any(path.glob(pattern)):
+            return f"{what} is missing"
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")) and not any(path.glob("*model_fsdp*")):
+        return "no weights"
+    recorded = {record.get("step"), trainer_state.get("global_step") if isinstance(trainer_state, dict) else None}
+    if recorded != {step}:
+        return f"its folder says step {step}, its marker and trainer state say {sorted(map(str, recorded))}"
     for state in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
         try:
             with zipfile.ZipFile(state) as archive:
@@ -70,7 +87,7 @@ def damage(path: Path) -> str | None:
                 handle.keys()
         except Exception:  # safetensors raises its own error types for every kind of damage
             return f"{weights.name} does not parse"
-    return None
+    return Checkpoint(path, step, float(record["loss_sum"]))
 
 
 class MarkCheckpointComplete(TrainerCallback):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from asymtune.adapters import export as forms
 from asymtune.adapters.export import ExportError
+from asymtune.adapters.lora import check_adapter
 from asymtune.runs import resolve_one
 
 FORMS = ("compact", "peft", "merged")
@@ -30,6 +31,7 @@ def export(source: str, form: str, target: Path, root: Path, log: Callable[[str]
         raise ExportError(f"{run.path}: status {run.status}; no saved adapter to export (full fine-tuning and "
                           f"linear probing save the whole model in {run.model_dir.name}/)")
     run.check_links()
+    check_adapter(run.adapter_dir)
     if form == "compact":
         forms.write_compact(run.adapter_dir, target)
     elif form == "peft":

@@ -131,16 +131,21 @@ def test_resume_refuses_a_run_a_live_process_is_training(tmp_path):
         trainer.wait()
 
 
-def test_resume_skips_a_marked_checkpoint_whose_state_is_damaged(tmp_path):
-    import torch
+def write_checkpoint(folder, step: int, marker_step: int | None = None) -> None:
+    """What the Trainer and MarkCheckpointComplete write: weights, optimizer, scheduler, RNG, states, marker."""
     from safetensors.torch import save_file
 
+    folder.mkdir()
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"state": {}}, folder / name)
+    save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (folder / MARKER).write_text(json.dumps({"step": marker_step or step, "loss_sum": float(step)}))
+
+
+def test_resume_skips_a_marked_checkpoint_whose_state_is_damaged(tmp_path):
     for step in (2, 4, 6):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
-        save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
-        (folder / MARKER).write_text(json.dumps({"step": step, "loss_sum": float(step)}))
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step)
     (tmp_path / "checkpoint-6" / "optimizer.pt").write_bytes(b"garbage")
     (tmp_path / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bad")
     warnings = []
@@ -148,7 +153,28 @@ def test_resume_skips_a_marked_checkpoint_whose_state_is_damaged(tmp_path):
     assert found.step == 2 and found.loss_sum == 2.0
     assert "optimizer.pt is not a torch archive" in warnings[0] and "does not parse" in warnings[1]
     (tmp_path / "checkpoint-2" / MARKER).write_text("{not json")
-    assert newest_complete(tmp_path, warnings.append) is None and f"{MARKER} is not JSON" in warnings[-1]
+    assert newest_complete(tmp_path, warnings.append) is None
+    assert f"{MARKER} or trainer_state.json is not JSON" in warnings[-1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("optimizer.pt", "its optimizer state is missing"),  # would resume with a fresh optimizer
+    ("scheduler.pt", "scheduler.pt is missing"),
+    ("rng_state.pth", "its RNG state is missing"),
+    ("adapter_model.safetensors", "no weights"),
+    ("trainer_state.json", "no trainer_state.json"),
+    ("renamed", "its folder says step 99999999999999999999"),  # gave train_loss -9.9e29
+])
+def test_a_checkpoint_missing_a_piece_or_naming_another_step_is_not_resumed_from(tmp_path, damage, message):
+    write_checkpoint(tmp_path / "checkpoint-2", 2)
+    if damage == "renamed":
+        write_checkpoint(tmp_path / "checkpoint-99999999999999999999", 2)
+    else:
+        write_checkpoint(tmp_path / "checkpoint-4", 4)
+        (tmp_path / "checkpoint-4" / damage).unlink()
+    warnings = []
+    assert newest_complete(tmp_path, warnings.append).step == 2
+    assert len(warnings) == 1 and message in warnings[0], warnings
 
 
 @pytest.mark.slow

@@ -125,3 +125,49 @@ def test_a_symlink_out_of_the_run_is_refused_and_nothing_is_written_through_it(f
     else:
         assert outside.read_text() == "host secret\n"
     assert not (tmp_path / "exported").exists()
+
+
+def _rewrite_weights(adapter, change):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file(change(weights), adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no lora_B", "lora_B missing; the adapter is incomplete"),  # was evaluated and merged as the base model
+    ("wrong shape", "are not [r, d_in] and [d_out, r]"),
+    ("garbage config", "adapter_config.json: damaged, not JSON"),
+    ("config without peft_type", "not a PEFT adapter config"),
+])
+@pytest.mark.parametrize("command", ["eval", "export --merged", "export --compact", "export --peft"])
+def test_an_incomplete_or_inconsistent_adapter_is_refused_naming_the_file(finished_run, tmp_path, damage, message,
+                                                                          command):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    adapter = run / "adapter"
+    if damage == "no lora_B":
+        _rewrite_weights(adapter, lambda w: {k: v for k, v in w.items() if "lora_B" not in k})
+    elif damage == "wrong shape":
+        _rewrite_weights(adapter, lambda w: {k: torch.zeros(3, 5) if "lora_A" in k else v for k, v in w.items()})
+    elif damage == "garbage config":
+        (adapter / "adapter_config.json").write_bytes(b"\x00garbage")
+    else:
+        (adapter / "adapter_config.json").write_text('{"r": 4}')
+    flag = command.split()[-1]
+    argv = ["eval", str(run)] if command == "eval" else ["export", str(run), flag, str(tmp_path / "out")]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert str(adapter) in result.output.replace("\n", "") and message in result.output.replace("\n", "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_lacking_a_module_the_model_has_is_refused_on_load(finished_run, tmp_path):
+    """Both factors of one layer gone: nothing in the file is inconsistent, but the model expects them."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _rewrite_weights(run / "adapter", lambda w: {k: v for k, v in w.items() if "layers.1.self_attn.v_proj" not in k})
+    result = CliRunner().invoke(main, ["eval", str(run)])
+    assert result.exit_code == 2 and "lacks 2 tensor(s) of this adapter" in result.output.replace("\n", "")

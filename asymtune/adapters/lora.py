@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -25,6 +25,7 @@ from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
 ADAPTER_SPEC_FILE = "asymtune_adapter.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_LABELS_FILE = "labels.json"  # a classifier's id2label / label2id (PEFT's config has no place for them)
 PEFT_PREFIX = "base_model.model."
 
@@ -131,13 +132,62 @@ def write_labels(adapter_dir: Path, labels: dict | None) -> None:
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False) -> PeftModel:
-    """`PeftModel.from_pretrained`, then re-freeze the factors the run froze (PEFT re-enables them)."""
+    """`load_peft` (checked complete), then re-freeze the factors the run froze (PEFT re-enables them)."""
     adapter_dir = Path(adapter_dir)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    peft_model = load_peft(model, adapter_dir, is_trainable)
     spec = read_spec(adapter_dir)
     if spec is not None:
         freeze_factors(peft_model, spec)
     return peft_model
+
+
+def load_peft(model: nn.Module, adapter_dir: Path, is_trainable: bool = False) -> PeftModel:
+    """`PeftModel.from_pretrained` on an adapter folder `check_adapter` passes; AdapterError naming the
+    weights file when it lacks a tensor the model's adapter has, or a tensor does not fit (PEFT would only
+    warn, and the adapter would act as if untrained)."""
+    check_adapter(adapter_dir)
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as error:  # size mismatches, unknown targets
+        raise AdapterError(f"{adapter_dir}: does not fit this model: {str(error).splitlines()[0]}") from None
+    saved = read_weights(adapter_dir / ADAPTER_WEIGHTS_FILE)
+    missing = sorted(set(get_peft_model_state_dict(peft_model)) - set(saved))
+    if missing:
+        raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: lacks {len(missing)} tensor(s) of this adapter, "
+                           f"e.g. {', '.join(missing[:3])}")
+    return peft_model
+
+
+def check_adapter(adapter_dir: Path) -> None:
+    """AdapterError naming the file unless `adapter_dir` is a whole adapter: a PEFT config that parses, weights
+    that parse, and, for LoRA, both factors of every module with shapes [r, d_in] and [d_out, r] that agree."""
+    config_file = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"{config_file}: missing") from None
+    except (UnicodeDecodeError, ValueError):
+        raise AdapterError(f"{config_file}: damaged, not JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise AdapterError(f"{config_file}: damaged, not a PEFT adapter config (no peft_type)")
+    weights = read_weights(adapter_dir / ADAPTER_WEIGHTS_FILE)
+    if not weights:
+        raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: holds no tensors")
+    read_spec(adapter_dir)
+    if config["peft_type"] != "LORA":
+        return
+    rank, patterned = config.get("r"), bool(config.get("rank_pattern"))
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise AdapterError(f"{config_file}: 'r' is {rank!r}, not a positive rank")
+    modules = {key.rsplit(".lora_", 1)[0] for key in weights if ".lora_A." in key or ".lora_B." in key}
+    for module in sorted(modules):
+        a, b = weights.get(f"{module}.lora_A.weight"), weights.get(f"{module}.lora_B.weight")
+        if a is None or b is None:
+            raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: {module} has lora_{'B' if b is None else 'A'} "
+                               "missing; the adapter is incomplete")
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (not patterned and a.shape[0] != rank):
+            raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: {module}: lora_A {list(a.shape)} and lora_B "
+                               f"{list(b.shape)} are not [r, d_in] and [d_out, r] with r = {rank}")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

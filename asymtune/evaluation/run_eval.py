@@ -93,6 +93,7 @@ def base_model_run(root: Path, model_name: str) -> RunDir:
 
 def model_args_for(run: RunDir, status: dict[str, Any], log, trust_remote_code: bool = False) -> dict[str, str]:
     """lm-eval `hf` arguments for a run: its base model plus `peft=` its adapter (none for base-model runs)."""
+    from asymtune.adapters.lora import check_adapter
     from asymtune.models import lm_eval_model_args, select_dtype
 
     if "base_model" in status:
@@ -103,6 +104,7 @@ def model_args_for(run: RunDir, status: dict[str, Any], log, trust_remote_code: 
     trained = run.trained_recipe(trust_remote_code)
     if trained.task != "sft":
         raise RunDirError(f"{run.path}: MMLU evaluates causal language models; this is a {trained.task} run")
+    check_adapter(run.adapter_dir)  # lm-eval would only warn about missing tensors
     spec = trained.model
     dtype = str(select_dtype(spec.dtype)).removeprefix("torch.")
     return {**lm_eval_model_args(spec, log), "peft": str(run.adapter_dir), "dtype": dtype}

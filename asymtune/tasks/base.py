@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 import torch
-from peft import PeftModel, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 from torch import nn
 from transformers import PrinterCallback, Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from asymtune.adapters import fused, methods
-from asymtune.adapters.lora import ParameterCounts, load_adapter
+from asymtune.adapters.lora import ParameterCounts, load_adapter, load_peft
 from asymtune.callbacks import (
     GracefulStop,
     ProgressCallback,
@@ -136,7 +136,7 @@ def load_adapted(model: nn.Module, recipe: Recipe, run: RunDir) -> nn.Module:
     method = recipe.adapter.method
     if method == "lora":
         return load_adapter(model, run.adapter_dir)
-    return PeftModel.from_pretrained(model, str(run.adapter_dir))
+    return load_peft(model, run.adapter_dir)
 
 
 def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str, Any]:
