@@ -22,6 +22,7 @@ from typing import Any
 from asymtune import atomic, distributed
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
+from asymtune.preflight import fit_to_model
 from asymtune.registry import missing_extras
 from asymtune.runs import RunDir, RunDirError, pid_alive
 
@@ -51,6 +52,7 @@ def train(
         recipe = recipes.load(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
         if recipe.model.trust_remote_code:
             log(f"[yellow]warning:[/yellow] {remote_code_warning(recipe.model)}")
+        recipe = fit_to_model(recipe, str(recipe_file), log)
     elif recipe_file is not None or overrides:
         raise UserError("--resume continues a run with the recipe it started with: drop RECIPE_FILE and --set")
     else:

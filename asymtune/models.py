@@ -132,23 +132,35 @@ def load_pretrained(
     return model, processor
 
 
-def adapted_dimensions(
-    spec: ModelSpec, targets: list[str] | str, log: Callable[[str], None] = print
-) -> list[tuple[int, int]]:
-    """(d_out, d_in) of every linear layer `targets` selects, from the model's config alone (meta device).
-
-    'all-linear' follows PEFT: every nn.Linear except the output head.
-    """
+def model_config(spec: ModelSpec, log: Callable[[str], None] = print):
+    """The model's transformers config alone (no weights): from its folder, asset, hub id or GGUF file."""
     from transformers import AutoConfig
 
     source = str(Path(spec.gguf_file).parent) if spec.gguf_file else model_source(spec.name, log)
     kwargs = {"gguf_file": Path(spec.gguf_file).name} if spec.gguf_file else {"revision": spec.revision}
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
+        return AutoConfig.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model {source!r}: cannot read its config: {_first_line(error)}") from None
+        if Path(source).is_dir():
+            raise ModelLoadError(f"model {source!r}: cannot read its config: {_first_line(error)}") from None
+        raise ModelLoadError(
+            f"model.name {spec.name!r} is not a local folder or a known asset ({', '.join(assets.ASSETS)}), and "
+            f"reading its config from the hub failed: {_first_line(error)}"
+        ) from None
+
+
+def adapted_dimensions(
+    spec: ModelSpec, targets: list[str] | str, log: Callable[[str], None] = print
+) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every linear layer `targets` selects in the causal LM `spec` names, from its config."""
+    return linear_dimensions(model_config(spec, log), targets, AutoModelForCausalLM)
+
+
+def linear_dimensions(config, targets: list[str] | str, model_class) -> list[tuple[int, int]]:
+    """(d_out, d_in) of every linear layer `targets` selects in `model_class.from_config(config)`, built on
+    the meta device (no memory). 'all-linear' follows PEFT: every nn.Linear except the output head."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = model_class.from_config(config)
     head = model.get_output_embeddings()
     return [
         (module.out_features, module.in_features)

@@ -140,3 +140,26 @@ def test_diverging_loss_stops_the_run_with_a_hint(tiny_llama_dir, alpaca_file, w
     assert "training loss became" in result.output and "lower train.learning_rate" in result.output
     [run] = resolve([str(tmp_path / "runs")])
     assert run.status == "failed" and "at step" in run.read_json("status.json")["error"]
+
+
+def test_sizes_the_model_does_not_have_are_refused_before_any_weights_load(
+    tiny_llama_dir, alpaca_file, write_recipe, tmp_path
+):
+    """The tiny Llama: hidden 32, 2 of 4 heads for keys and values, so v_proj is 32 → 16; 256 positions."""
+    import time
+
+    started = time.perf_counter()
+    result = train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file, rank=1_000_000)), tmp_path / "runs")
+    assert result.exit_code == 2 and "'adapter.rank' 1000000 exceeds" in result.output
+    assert "min(d_in, d_out) = 16" in result.output and time.perf_counter() - started < 30
+    assert train(write_recipe(sft_recipe(tiny_llama_dir, alpaca_file, rank=17)), tmp_path / "runs").exit_code == 2
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["data"]["max_length"] = 10**9
+    result = train(write_recipe(recipe), tmp_path / "runs")
+    assert result.exit_code == 2 and "'data.max_length' 1000000000 exceeds the 256 positions" in result.output
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+    del recipe["data"]["max_length"]  # the default (1024) is lowered to what the model has
+    recipe["train"]["max_steps"] = 1
+    assert train(write_recipe(recipe), tmp_path / "runs").exit_code == 0
+    [run] = resolve([str(tmp_path / "runs")])
+    assert yaml.safe_load((run.path / "recipe.yaml").read_text())["data"]["max_length"] == 256
