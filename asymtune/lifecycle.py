@@ -52,7 +52,6 @@ def train(
         recipe = recipes.load(recipe_file, overrides)  # before the heavy imports: recipe errors come at once
         if recipe.model.trust_remote_code:
             log(f"[yellow]warning:[/yellow] {remote_code_warning(recipe.model)}")
-        recipe = fit_to_model(recipe, str(recipe_file), log)
     elif recipe_file is not None or overrides:
         raise UserError("--resume continues a run with the recipe it started with: drop RECIPE_FILE and --set")
     else:
@@ -62,6 +61,7 @@ def train(
     if missing:
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
     if resume_dir is None:
+        recipe = fit_to_model(recipe, str(recipe_file), log)
         run = distributed.shared_run_dir(lambda: start(recipe, output_dir, argv))
         with run.exclusive("training"):
             return _run(recipe, run, log)
