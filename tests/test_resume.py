@@ -2,6 +2,7 @@
 run ends, SIGTERM writes a checkpoint first, half-written checkpoints are skipped."""
 
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -117,7 +118,6 @@ def test_resume_refuses_completed_runs_and_a_recipe_beside_it(tiny_llama_dir, al
 
 
 def test_resume_refuses_a_run_a_live_process_is_training(tmp_path):
-    import platform
 
     run = RunDir.create(tmp_path, "busy")
     (run.path / "recipe.yaml").write_text("name: busy\n")
@@ -201,8 +201,13 @@ def test_a_run_stopped_after_its_adapter_was_saved_resumes_to_the_same_adapter(
     (run.path / ".adapter.x1y2z3.tmp").mkdir()  # a save cut off mid-way by a kill
     (run.path / ".adapter.x1y2z3.tmp" / "adapter_model.safetensors").write_bytes(b"\0" * 10)
 
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run.set_status("running", pid=gone.pid, host=platform.node())  # as if then killed for memory: no final word
+
     result = resume(run.path)
     assert result.exit_code == 0, result.output
+    assert "died without a final status" in result.output
     assert run.status == "completed" and run.read_json("metrics.json")["train_steps"] == 4
     assert "step 5" not in result.output
     assert not list(run.path.glob(".*.tmp"))
