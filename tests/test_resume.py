@@ -118,7 +118,6 @@ def test_resume_refuses_completed_runs_and_a_recipe_beside_it(tiny_llama_dir, al
 
 
 def test_resume_refuses_a_run_a_live_process_is_training(tmp_path):
-
     run = RunDir.create(tmp_path, "busy")
     (run.path / "recipe.yaml").write_text("name: busy\n")
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
