@@ -24,7 +24,7 @@ from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
 from asymtune.preflight import fit_to_model
 from asymtune.registry import missing_extras
-from asymtune.runs import RunDir, RunDirError, pid_alive
+from asymtune.runs import RunDir, RunDirError, pid_alive, trainer_here
 
 
 @dataclass(frozen=True)
@@ -121,9 +121,8 @@ def open_to_resume(path: Path) -> RunDir:
     status = run.read_json("status.json") or {}
     if status.get("status") == "completed":
         raise RunDirError(f"{path}: the run already completed; start a new one with asymtune train RECIPE")
-    pid = status.get("pid")
-    if status.get("status") == "running" and status.get("host") == platform.node() and isinstance(pid, int) \
-            and pid_alive(pid):
+    pid = trainer_here(status)
+    if pid is not None and pid_alive(pid):
         raise RunDirError(f"{path}: still being trained by process {pid}; stop it first")
     return run
 

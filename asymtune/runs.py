@@ -207,8 +207,8 @@ class RunDir:
             return False
         if (self.path / LOCK_FILE).is_file():
             return True
-        pid = status.get("pid")
-        return status.get("host") == platform.node() and isinstance(pid, int) and not pid_alive(pid)
+        pid = trainer_here(status)
+        return pid is not None and not pid_alive(pid)
 
 
 def environment(seed: int, argv: list[str]) -> dict[str, Any]:
@@ -275,15 +275,20 @@ def _runs_in(path: Path) -> list[RunDir]:
     return [RunDir(p) for p in nested]
 
 
+def trainer_here(status: dict[str, Any]) -> int | None:
+    """The pid a `running` status.json names, when that process ran on this host (else None)."""
+    pid = status.get("pid")
+    running_here = status.get("status") == "running" and status.get("host") == platform.node()
+    return pid if running_here and isinstance(pid, int) else None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this host (and is not this process)."""
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

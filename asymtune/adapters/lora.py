@@ -145,12 +145,11 @@ def load_peft(model: nn.Module, adapter_dir: Path, is_trainable: bool = False) -
     """`PeftModel.from_pretrained` on an adapter folder `check_adapter` passes; AdapterError naming the
     weights file when it lacks a tensor the model's adapter has, or a tensor does not fit (PEFT would only
     warn, and the adapter would act as if untrained)."""
-    check_adapter(adapter_dir)
+    saved = check_adapter(adapter_dir)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
     except (RuntimeError, ValueError, KeyError) as error:  # size mismatches, unknown targets
         raise AdapterError(f"{adapter_dir}: does not fit this model: {str(error).splitlines()[0]}") from None
-    saved = read_weights(adapter_dir / ADAPTER_WEIGHTS_FILE)
     missing = sorted(set(get_peft_model_state_dict(peft_model)) - set(saved))
     if missing:
         raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: lacks {len(missing)} tensor(s) of this adapter, "
@@ -158,9 +157,10 @@ def load_peft(model: nn.Module, adapter_dir: Path, is_trainable: bool = False) -
     return peft_model
 
 
-def check_adapter(adapter_dir: Path) -> None:
-    """AdapterError naming the file unless `adapter_dir` is a whole adapter: a PEFT config that parses, weights
-    that parse, and, for LoRA, both factors of every module with shapes [r, d_in] and [d_out, r] that agree."""
+def check_adapter(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The adapter's weights; AdapterError naming the file unless `adapter_dir` is a whole adapter: a PEFT
+    config that parses, weights that parse, and, for LoRA, both factors of every module with shapes [r, d_in]
+    and [d_out, r] that agree."""
     config_file = adapter_dir / "adapter_config.json"
     try:
         config = json.loads(config_file.read_bytes().decode("utf-8"))
@@ -175,7 +175,7 @@ def check_adapter(adapter_dir: Path) -> None:
         raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: holds no tensors")
     read_spec(adapter_dir)
     if config["peft_type"] != "LORA":
-        return
+        return weights
     rank, patterned = config.get("r"), bool(config.get("rank_pattern"))
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise AdapterError(f"{config_file}: 'r' is {rank!r}, not a positive rank")
@@ -188,6 +188,7 @@ def check_adapter(adapter_dir: Path) -> None:
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (not patterned and a.shape[0] != rank):
             raise AdapterError(f"{adapter_dir / ADAPTER_WEIGHTS_FILE}: {module}: lora_A {list(a.shape)} and lora_B "
                                f"{list(b.shape)} are not [r, d_in] and [d_out, r] with r = {rank}")
+    return weights
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
