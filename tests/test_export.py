@@ -85,13 +85,13 @@ def test_export_refuses_to_overwrite_and_needs_one_form(trained_run, tmp_path):
     assert result.exit_code == 2 and "exactly one" in result.output
 
 
-def test_compact_form_records_checksums_and_refuses_a_factor_that_regenerates_differently(trained_run, tmp_path):
+def test_compact_form_records_fingerprints_and_refuses_a_factor_that_regenerates_differently(trained_run, tmp_path):
     runner = CliRunner()
     assert runner.invoke(main, ["export", str(trained_run.path), "--compact", str(tmp_path / "c")]).exit_code == 0
     record = json.loads((tmp_path / "c" / "compact.json").read_text())
-    module = next(iter(record["checksums"]))
-    assert set(record["checksums"][module]) == {"A"} and len(record["checksums"][module]["A"]) == 64
-    record["checksums"][module]["A"] = "0" * 64  # what a changed random stream would look like
+    module = next(iter(record["fingerprints"]))
+    assert set(record["fingerprints"][module]) == {"A"} and len(record["fingerprints"][module]["A"]) == 4
+    record["fingerprints"][module]["A"][0] += 1e-6  # what a changed random stream would look like (it moves ~1)
     (tmp_path / "c" / "compact.json").write_text(json.dumps(record))
     result = runner.invoke(main, ["export", str(tmp_path / "c"), "--peft", str(tmp_path / "p")])
     assert result.exit_code == 2 and "regenerates differently" in result.output and module in result.output

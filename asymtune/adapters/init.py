@@ -2,7 +2,9 @@
 
 Every random factor is drawn in float64 on the CPU from a generator seeded by
 (adapter seed, module name, factor), then cast: the same factor on every machine and device,
-so a frozen A can be reproduced from its seed alone.
+so a frozen A can be reproduced from its seed alone. The Gaussian and uniform draws are the same bit
+for bit; an orthogonal factor's QR (LAPACK) differs in the last float64 bits between CPU instruction
+sets (seen: 6e-17 between MKL's AVX2 and AVX-512 paths), so a draw is recognised by its `fingerprint`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,23 @@ def factor_generator(seed: int, module_name: str, factor: Factor) -> torch.Gener
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def checksum(factor: torch.Tensor) -> str:
-    """sha256 of a factor's float64 values (C order), hex: the same draw gives the same checksum anywhere."""
-    return hashlib.sha256(factor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()
+FINGERPRINT_TOLERANCE = 1e-9  # absolute, per projection: rounding moves one by ~1e-14, another draw by ~1
+
+
+def fingerprint(factor: torch.Tensor) -> list[float]:
+    """Four fixed random projections ⟨P_i, factor⟩ of a factor's float64 values (P_i standard Gaussian, seeded):
+    equal within FINGERPRINT_TOLERANCE wherever the same draw is regenerated, unrelated for any other draw."""
+    values = factor.detach().to("cpu", torch.float64).flatten()
+    probes = torch.randn(4, values.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return [float(x) for x in probes @ values]
+
+
+def same_draw(recorded: list[float], regenerated: list[float]) -> bool:
+    """Whether two fingerprints are of the same draw (`fingerprint`)."""
+    if len(recorded) != len(regenerated):
+        return False
+    pairs = zip(recorded, regenerated, strict=True)
+    return all(math.isclose(a, b, rel_tol=0.0, abs_tol=FINGERPRINT_TOLERANCE) for a, b in pairs)
 
 
 def orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
