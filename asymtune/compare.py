@@ -326,7 +326,7 @@ def _valid_adapter(document: dict[str, Any]) -> bool:
 
 
 def _recipe_document(run: RunDir) -> dict[str, Any] | None:
-    path = run.path / "recipe.yaml"
+    path = run.recipe_file
     if not path.is_file():
         return None  # a base-model evaluation has no recipe
     try:

@@ -36,7 +36,7 @@ def summaries(root: Path) -> list[RunLine]:
             lines.append(RunLine(label, "unreadable", "-", "-", age, str(error)))
             continue
         try:
-            recipe = recipes.load(run.path / "recipe.yaml", check_files=False)
+            recipe = recipes.load(run.recipe_file, check_files=False)
             task, method = recipe.task, method_name(recipe.adapter)
         except recipes.RecipeError:
             task, method = "-", "base model" if "base_model" in status else "-"

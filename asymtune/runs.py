@@ -88,12 +88,17 @@ class RunDir:
         return self.path / "model"
 
     @property
+    def recipe_file(self) -> Path:
+        """The resolved recipe the run was trained with."""
+        return self.path / "recipe.yaml"
+
+    @property
     def log_file(self) -> Path:
         return self.path / "logs" / "train.jsonl"
 
     @_rank_zero_only
     def write_recipe(self, recipe: Recipe) -> None:
-        atomic.write_text(self.path / "recipe.yaml", to_yaml(recipe))
+        atomic.write_text(self.recipe_file, to_yaml(recipe))
 
     @_rank_zero_only
     def write_env(self, recipe: Recipe, argv: list[str]) -> None:
@@ -140,18 +145,12 @@ class RunDir:
         return (self.read_json("status.json") or {}).get("status", "unknown")
 
     def trained_recipe(self, trust_remote_code: bool = False) -> Recipe:
-        """The recipe the run trained with, to load its model again. The stored `model.trust_remote_code` is not
-        honoured (a run directory cannot opt anyone into running code): `trust_remote_code`, the caller's
-        --trust-remote-code, decides, and a run whose model needs it is refused without it."""
-        trained = load(self.path / "recipe.yaml")
-        model = trained.model
-        if model.trust_remote_code and not trust_remote_code:
-            raise RunDirError(
-                f"{self.path / 'recipe.yaml'}: model {model.name or model.gguf_file} runs code of its own "
-                "(model.trust_remote_code: true), and a run directory cannot opt you in; pass --trust-remote-code "
-                "if you trust that model folder's code"
-            )
-        return trained.model_copy(update={"model": model.model_copy(update={"trust_remote_code": trust_remote_code})})
+        """The recipe the run trained with, to load its model again (`untrusted_recipe`)."""
+        return untrusted_recipe(self.recipe_file, trust_remote_code)
+
+    def labels(self) -> list[str] | None:
+        """A classifier's class names in output order (labels.json), None for runs without classes."""
+        return read_labels(self.path / LABELS_FILE)
 
     @contextmanager
     def exclusive(self, purpose: str) -> Iterator[None]:
@@ -209,6 +208,32 @@ class RunDir:
             return True
         pid = trainer_here(status)
         return pid is not None and not pid_alive(pid)
+
+
+def read_labels(file: Path) -> list[str] | None:
+    """Class names in output order from a labels.json (`models.label_maps`), None if there is no such file;
+    RunDirError naming it when it is damaged."""
+    if not file.is_file():
+        return None
+    try:
+        id2label = json.loads(file.read_bytes().decode("utf-8"))["id2label"]
+        return [str(id2label[str(i)]) for i in range(len(id2label))]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError):
+        raise RunDirError(f"{file}: damaged, no id2label for classes 0, 1, ...") from None
+
+
+def untrusted_recipe(file: Path, trust_remote_code: bool = False) -> Recipe:
+    """A recipe stored beside trained weights (a run's, an export's), read as data: its `model.trust_remote_code`
+    is not honoured (a folder cannot opt anyone into running code): `trust_remote_code`, the caller's
+    --trust-remote-code, decides, and a recipe whose model needs it is refused without it."""
+    stored = load(file)
+    model = stored.model
+    if model.trust_remote_code and not trust_remote_code:
+        raise RunDirError(
+            f"{file}: model {model.name or model.gguf_file} runs code of its own (model.trust_remote_code: true), "
+            "and a stored recipe cannot opt you in; pass --trust-remote-code if you trust that model folder's code"
+        )
+    return stored.model_copy(update={"model": model.model_copy(update={"trust_remote_code": trust_remote_code})})
 
 
 def environment(seed: int, argv: list[str]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def finished_run(root: Path, recipe: recipes.Recipe) -> RunDir | None:
     wanted = recipes.to_yaml(recipe)
     for status in sorted((root / recipe.name).glob("*/status.json")):
         run = RunDir(status.parent)
-        recipe_file = run.path / "recipe.yaml"
+        recipe_file = run.recipe_file
         if run.status == "completed" and recipe_file.is_file() and recipe_file.read_text() == wanted:
             return run
     return None

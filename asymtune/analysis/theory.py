@@ -180,7 +180,7 @@ def run_bound_ratios(run: RunDir) -> tuple[BoundRatios, int]:
         isinstance(parameters.get(k), int) for k in ("trainable_A", "frozen_A", "trainable_B", "frozen_B")
     ):
         raise TheoryError(f"--run {run.path}: needs a completed run with parameter counts in metrics.json")
-    rank = recipe.load(run.path / "recipe.yaml", check_files=False).adapter.rank
+    rank = recipe.load(run.recipe_file, check_files=False).adapter.rank
     if rank is None or not (parameters["frozen_A"] + parameters["trainable_A"]):
         raise TheoryError(f"--run {run.path}: Lemma 4.5 needs a LoRA-family run (A and B factors)")
     return bound_ratios_from_counts(parameters, rank), rank

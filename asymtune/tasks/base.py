@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,8 +53,9 @@ class TaskFamily:
         """One line on the data for the log, e.g. 'data: 400 train rows, 48 eval rows'."""
         raise NotImplementedError
 
-    def load_model(self, recipe: Recipe, data: Any) -> tuple[nn.Module, Any]:
-        """(base model, its tokenizer or image processor)."""
+    def load_model(self, recipe: Recipe, labels: list[str] | None) -> tuple[nn.Module, Any]:
+        """(base model, its tokenizer or image processor), with a new head for `labels` (`labels(data)`: class
+        names in output order) where the task has one."""
         raise NotImplementedError
 
     def heads(self, model: nn.Module) -> list[str] | None:
@@ -91,7 +93,7 @@ def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> 
     started = time.perf_counter()
     set_seed(recipe.seed)
     data = family.load_data(recipe)
-    model, processor = family.load_model(recipe, data)
+    model, processor = family.load_model(recipe, family.labels(data))
     rows = family.train_rows(data)
     adapted, counts = prepare_model(model, recipe, family.task_type, rows, family.heads(model))
     console.print(family.describe(data))
@@ -121,22 +123,21 @@ def evaluate_saved(family: TaskFamily, recipe: Recipe, run: RunDir) -> dict[str,
     data = family.load_data(recipe)
     if recipe.adapter.method in ("full", "linear_probe"):  # the saved folder is the model, with its processor
         saved = recipe.model.model_copy(update={"name": str(run.model_dir), "gguf_file": None})
-        model, processor = family.load_model(recipe.model_copy(update={"model": saved}), data)
+        model, processor = family.load_model(recipe.model_copy(update={"model": saved}), family.labels(data))
     else:
-        model, processor = family.load_model(recipe, data)
-        model = load_adapted(model, recipe, run)
+        model, processor = family.load_model(recipe, family.labels(data))
+        model = load_adapted(model, recipe, run.adapter_dir)
     trainer = family.make_trainer(recipe, model, processor, data, trainer_options(recipe, run, model.dtype),
                                   [ProgressCallback()], (None, None))
     trainer.remove_callback(PrinterCallback)
     return family.metrics(trainer, model, processor, data, recipe, run)
 
 
-def load_adapted(model: nn.Module, recipe: Recipe, run: RunDir) -> nn.Module:
-    """`model` with the run's saved adapter on it (asymtune LoRA refrozen as trained)."""
-    method = recipe.adapter.method
-    if method == "lora":
-        return load_adapter(model, run.adapter_dir)
-    return load_peft(model, run.adapter_dir)
+def load_adapted(model: nn.Module, recipe: Recipe, adapter_dir: Path) -> nn.Module:
+    """`model` with the saved adapter in `adapter_dir` on it (asymtune LoRA refrozen as trained)."""
+    if recipe.adapter.method == "lora":
+        return load_adapter(model, adapter_dir)
+    return load_peft(model, adapter_dir)
 
 
 def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from asymtune.data.sources import DataError, load_table
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation import metrics as m
 from asymtune.models import label_maps, load_pretrained, with_pad_token
-from asymtune.recipe import Recipe
+from asymtune.recipe import DataSpec, Recipe
 from asymtune.report import console
 from asymtune.tasks.base import TaskFamily
 
@@ -38,7 +38,7 @@ class LabelledData:
         spec = recipe.data
         self.label_field = spec.label_field
         self.glue: GlueTask | None = GLUE.get(spec.glue_task) if spec.glue_task else None
-        self.text_fields = list(self.glue.text_fields if self.glue and not spec.text_fields else spec.text_fields)
+        self.text_fields = input_fields(spec)
         self.regression = bool(self.glue and self.glue.is_regression)
         config = spec.config or (spec.glue_task if spec.train == GLUE_HUB_ID else None)
 
@@ -70,10 +70,6 @@ class LabelledData:
                             "two (is data.label_field the right column?)")
         self.train = self._encode_labels(train, spec.label_field, spec.train)
         self.eval = {name: self._encode_labels(t, spec.label_field, name) for name, t in held_out.items()}
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.regression else len(self.label_names)
 
     def _check(self, table: datasets.Dataset, source: str) -> datasets.Dataset:
         missing = [c for c in [*self.text_fields, self.label_field] if c not in table.column_names]
@@ -175,12 +171,13 @@ class Classification(TaskFamily):
             ", ".join(f"{name} {len(table)}" for name, table in data.eval.items()) or "none"
         )
 
-    def load_model(self, recipe: Recipe, data: LabelledData):
-        labels = label_maps(data.label_names) if data.label_names else {}
+    def load_model(self, recipe: Recipe, labels: list[str] | None):
+        """A classifier over `labels`; a regressor (one output) when there are none (STS-B)."""
         model, tokenizer = load_pretrained(
             recipe.model, "a sequence classifier", AutoModelForSequenceClassification, AutoTokenizer,
-            console.print, num_labels=data.num_labels,
-            problem_type="regression" if data.regression else "single_label_classification", **labels,
+            console.print, num_labels=len(labels) if labels else 1,
+            problem_type="single_label_classification" if labels else "regression",
+            **(label_maps(labels) if labels else {}),
         )
         tokenizer = with_pad_token(tokenizer)
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -192,7 +189,7 @@ class Classification(TaskFamily):
     def make_trainer(self, recipe, model, processor, data: LabelledData, options, callbacks, optimizers) -> Trainer:
         return Trainer(
             model=model, args=TrainingArguments(**options),
-            train_dataset=tokenized(data.train, processor, data, recipe),
+            train_dataset=tokenized(data.train, processor, data.text_fields, recipe.data.max_length),
             data_collator=DataCollatorWithPadding(processor),
             compute_metrics=compute_metrics_for(data.glue, data.regression), callbacks=callbacks, optimizers=optimizers,
         )
@@ -201,8 +198,8 @@ class Classification(TaskFamily):
         metrics: dict[str, Any] = {}
         headline_hits = headline_total = 0.0
         for name, table in data.eval.items():
-            scores = trainer.evaluate(eval_dataset=tokenized(table, processor, data, recipe, name),
-                                      metric_key_prefix=f"eval_{name}")
+            encoded = tokenized(table, processor, data.text_fields, recipe.data.max_length, name)
+            scores = trainer.evaluate(eval_dataset=encoded, metric_key_prefix=f"eval_{name}")
             kept = {k: v for k, v in scores.items()
                     if not k.endswith(("_runtime", "_per_second", "epoch", "_preparation_time"))}
             metrics.update(kept)
@@ -214,14 +211,20 @@ class Classification(TaskFamily):
         return metrics
 
 
-def tokenized(table: datasets.Dataset, tokenizer, data: LabelledData, recipe: Recipe,
-              name: str = "train") -> datasets.Dataset:
-    """`table`'s text columns tokenized (truncated to data.max_length), its `labels` kept."""
-    def tokenize(batch):
-        return tokenizer(*[batch[field] for field in data.text_fields], truncation=True,
-                         max_length=recipe.data.max_length)
+def input_fields(spec: DataSpec) -> list[str]:
+    """The text column(s) a classifier reads: `data.text_fields`, else the GLUE task's."""
+    glue = GLUE.get(spec.glue_task) if spec.glue_task else None
+    return list(glue.text_fields if glue and not spec.text_fields else spec.text_fields)
 
-    return table.map(tokenize, batched=True, remove_columns=data.text_fields, desc=f"tokenizing {name}")
+
+def tokenized(table: datasets.Dataset, tokenizer, text_fields: list[str], max_length: int,
+              name: str = "train") -> datasets.Dataset:
+    """`table`'s text columns tokenized (pairs when there are two; truncated to `max_length`), other columns
+    (`labels`) kept: what training, evaluation and `predict` feed the model."""
+    def tokenize(batch):
+        return tokenizer(*[batch[field] for field in text_fields], truncation=True, max_length=max_length)
+
+    return table.map(tokenize, batched=True, remove_columns=text_fields, desc=f"tokenizing {name}")
 
 
 FAMILY = Classification()

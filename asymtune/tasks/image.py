@@ -126,10 +126,10 @@ class ImageClassification(TaskFamily):
         return (f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
                 + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items()))
 
-    def load_model(self, recipe: Recipe, data: DomainSplit):
+    def load_model(self, recipe: Recipe, labels: list[str] | None):
         model, processor = load_pretrained(
             recipe.model, "an image classifier", AutoModelForImageClassification, AutoImageProcessor, console.print,
-            num_labels=len(data.classes), **label_maps(data.classes), ignore_mismatched_sizes=True,
+            num_labels=len(labels), **label_maps(labels), ignore_mismatched_sizes=True,
         )
         if recipe.data.image_size:
             processor = resized_processor(processor, model, recipe.data.image_size)

@@ -121,7 +121,7 @@ class Summarization(TaskFamily):
     def describe(self, data: Pairs) -> str:
         return f"data: {len(data.train)} train pairs, {len(data.eval)} eval pairs"
 
-    def load_model(self, recipe: Recipe, data: Pairs):
+    def load_model(self, recipe: Recipe, labels):
         return load_pretrained(recipe.model, "a seq2seq model", AutoModelForSeq2SeqLM, AutoTokenizer, console.print)
 
     def make_trainer(self, recipe, model, processor, data: Pairs, options, callbacks, optimizers) -> Seq2SeqTrainer:

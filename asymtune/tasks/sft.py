@@ -65,7 +65,7 @@ class InstructionTuning(TaskFamily):
         train_set, eval_set = data
         return f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows"
 
-    def load_model(self, recipe: Recipe, data):
+    def load_model(self, recipe: Recipe, labels):
         return load_causal_lm(recipe.model, console.print)
 
     def make_trainer(self, recipe, model, processor, data, options, callbacks, optimizers) -> SFTTrainer:
