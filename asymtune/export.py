@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from asymtune import atomic
 from asymtune.adapters import export as forms
 from asymtune.adapters.export import ExportError
 from asymtune.adapters.lora import check_adapter
+from asymtune.inference import loading
 from asymtune.runs import resolve_one
 
 FORMS = ("compact", "peft", "merged")
@@ -33,12 +36,15 @@ def export(source: str, form: str, target: Path, root: Path, log: Callable[[str]
     run.check_links()
     check_adapter(run.adapter_dir)
     if form == "compact":
-        forms.write_compact(run.adapter_dir, target)
+        forms.write_compact(run.adapter_dir, target, run.recipe_file)
     elif form == "peft":
-        shutil.copytree(run.adapter_dir, target)
+        with atomic.directory(target) as scratch:
+            shutil.copytree(run.adapter_dir, scratch, dirs_exist_ok=True)
+            forms.copy_beside(run.adapter_dir, scratch, run.recipe_file)
     else:
-        from asymtune.models import load_causal_lm
-
-        model, tokenizer = load_causal_lm(run.trained_recipe(trust_remote_code).model, log)
-        forms.write_merged(model, tokenizer, run.adapter_dir, target)
+        trained = loading.from_run(run, trust_remote_code)
+        spec = trained.recipe.model.model_copy(update={"quantization": None})  # merge into full-precision weights
+        merged, processor = loading.load(replace(trained, recipe=trained.recipe.model_copy(update={"model": spec})),
+                                         merge=True, device="cpu", log=log)
+        forms.write_merged(merged, processor, run.adapter_dir, target, run.recipe_file)
     return forms.folder_size(target)

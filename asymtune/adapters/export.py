@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 
 from asymtune import atomic
 from asymtune.adapters.init import fingerprint, make_factor, same_draw
-from asymtune.adapters.lora import ADAPTER_SPEC_FILE, PEFT_PREFIX, read_spec, read_weights
+from asymtune.adapters.lora import ADAPTER_LABELS_FILE, ADAPTER_SPEC_FILE, PEFT_PREFIX, read_spec, read_weights
 from asymtune.errors import UserError
 from asymtune.recipe import AdapterSpec
 
 COMPACT_FILE = "compact.json"
+RECIPE_FILE = "asymtune_recipe.yaml"  # the run's recipe in every export, so inference knows the task and data format
 WEIGHTS = "adapter_model.safetensors"
 SEEDED_INITS = {"orthogonal", "kaiming_uniform", "gaussian", "zero"}
 
@@ -44,8 +45,9 @@ def _seeded_factors(spec: AdapterSpec) -> list[str]:
     return [f for f in ("A", "B") if not getattr(spec, f).trainable and getattr(spec, f).init in SEEDED_INITS]
 
 
-def write_compact(adapter_dir: Path, target: Path) -> None:
-    """The compact form of a PEFT adapter folder written by asymtune."""
+def write_compact(adapter_dir: Path, target: Path, recipe_file: Path | None = None) -> None:
+    """The compact form of a PEFT adapter folder written by asymtune, with a classifier's labels and, when given,
+    the run's recipe (as RECIPE_FILE) beside it."""
     spec = read_spec(adapter_dir)
     if spec is None:
         raise ExportError(f"{adapter_dir}: no {ADAPTER_SPEC_FILE}; only adapters trained by asymtune can be compacted")
@@ -67,10 +69,12 @@ def write_compact(adapter_dir: Path, target: Path) -> None:
         save_file(kept, scratch / WEIGHTS)
         shutil.copy(adapter_dir / "adapter_config.json", scratch / "adapter_config.json")
         (scratch / COMPACT_FILE).write_text(json.dumps(record, indent=2))
+        copy_beside(adapter_dir, scratch, recipe_file)
 
 
 def write_peft(compact_dir: Path, target: Path) -> None:
-    """Rebuild the PEFT form (loadable by `PeftModel.from_pretrained`) from a compact folder."""
+    """Rebuild the PEFT form (loadable by `PeftModel.from_pretrained`) from a compact folder (its labels and
+    recipe kept beside it)."""
     try:
         record = json.loads((compact_dir / COMPACT_FILE).read_bytes().decode("utf-8"))
         spec = AdapterSpec.model_validate(record["adapter"])
@@ -92,6 +96,15 @@ def write_peft(compact_dir: Path, target: Path) -> None:
         save_file(weights, scratch / WEIGHTS)
         shutil.copy(compact_dir / "adapter_config.json", scratch / "adapter_config.json")
         (scratch / ADAPTER_SPEC_FILE).write_text(json.dumps(record["adapter"], indent=2))
+        copy_beside(compact_dir, scratch, compact_dir / RECIPE_FILE)
+
+
+def copy_beside(source: Path, target: Path, recipe_file: Path | None) -> None:
+    """A classifier's labels from `source` and the run's recipe into the export folder being written."""
+    if (source / ADAPTER_LABELS_FILE).is_file():
+        shutil.copy(source / ADAPTER_LABELS_FILE, target / ADAPTER_LABELS_FILE)
+    if recipe_file is not None and recipe_file.is_file():
+        shutil.copy(recipe_file, target / RECIPE_FILE)
 
 
 def _regenerate(spec: AdapterSpec, module: str, factor: str, shape: list[int]) -> torch.Tensor:
@@ -108,11 +121,10 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def write_merged(model: torch.nn.Module, tokenizer, adapter_dir: Path, target: Path) -> None:
-    """Merge the adapter into `model` (W0 + s·B·A) and save it as a plain safetensors checkpoint."""
-    from asymtune.adapters.lora import load_adapter
-
-    merged = load_adapter(model, adapter_dir).merge_and_unload()
+def write_merged(merged: torch.nn.Module, processor, adapter_dir: Path, target: Path, recipe_file: Path) -> None:
+    """Save `merged` (the base model with the adapter of `adapter_dir` merged in: W0 + s·B·A) as a plain
+    safetensors checkpoint with its tokenizer or image processor, labels and recipe."""
     with atomic.directory(target) as scratch:
         merged.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
+        processor.save_pretrained(scratch)
+        copy_beside(adapter_dir, scratch, recipe_file)
