@@ -13,7 +13,7 @@ QUICKSTART_RUNS ?= runs/quickstart
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization,serve]"
 	touch $@
 
 install: $(BIN)/asymtune
@@ -23,6 +23,8 @@ quickstart: install
 	$(BIN)/asymtune train recipes/quickstart_b_only.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune train recipes/quickstart_lora.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)
+	$(BIN)/asymtune generate quickstart-b-only quickstart-lora --base smollm2-135m-instruct --output-dir $(QUICKSTART_RUNS) \
+		--prompt "Do I need a building permit to put up a fence?" --max-new-tokens 60
 
 quickstart-classify: install
 	$(BIN)/asymtune assets fetch all-minilm-l6-v2 bbc-news

@@ -16,6 +16,8 @@ from rich.markup import escape
 from asymtune import assets, distributed, report, runs
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
+from asymtune.inference.sampling import STYLES as PROMPT_STYLES
+from asymtune.inference.sampling import Sampling
 from asymtune.report import console, results, summary_table
 
 # Deprecation chatter from inside transformers/TRL is not actionable for asymtune users.
@@ -271,7 +273,7 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, 
 @click.option("--peft", "peft_dir", type=click.Path(),
               help="Write the PEFT form, rebuilt from a compact folder (or copied from RUN).")
 @click.option("--merged", "merged_dir", type=click.Path(),
-              help="Write RUN's base model with the adapter merged in (safetensors).")
+              help="Write RUN's model with the adapter merged in (safetensors, any task).")
 @RUNS_ROOT
 @TRUST_REMOTE_CODE
 def export(source, compact_dir, peft_dir, merged_dir, output_dir, trust_remote_code) -> None:
@@ -285,6 +287,129 @@ def export(source, compact_dir, peft_dir, merged_dir, output_dir, trust_remote_c
     (form, target), = chosen.items()
     size = exporting.export(source, form, Path(target), Path(output_dir), log, trust_remote_code)
     console.print(f"wrote {target} ({size / 2**20:.2f} MiB)", highlight=False)
+
+
+def sampling_options(command):
+    """--max-new-tokens, --temperature, --top-p, --seed, --template: how a causal LM answers."""
+    for option in reversed([
+        click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, 1_000_000)),
+        click.option("--temperature", default=0.0, show_default=True, type=FiniteFloat(0.0, 100.0),
+                     help="0: greedy; above 0: sampling at this temperature."),
+        click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(0.0, 1.0, min_open=True),
+                     help="Nucleus sampling mass (with --temperature > 0)."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1)),
+        click.option("--template", default="auto", show_default=True, type=click.Choice(["auto", *PROMPT_STYLES]),
+                     help="How a question becomes a prompt; auto: as the run trained (alpaca, chat template or raw "
+                          "text), a base model's chat template."),
+    ]):
+        command = option(command)
+    return command
+
+
+def inference_options(command):
+    """--no-merge, --device, --output-dir, --trust-remote-code: how a trained model is loaded."""
+    for option in reversed([
+        click.option("--no-merge", is_flag=True, help="Keep the adapter as PEFT layers instead of merging it in."),
+        click.option("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)."),
+        RUNS_ROOT, TRUST_REMOTE_CODE,
+    ]):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="Rows in the format the run trained on (a table file; for image runs an image or a folder).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False),
+              help="Where results go: .jsonl or .csv (default: INPUT_NAME.predictions.jsonl here).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@sampling_options
+@inference_options
+def predict(run_ref, input_path, output_path, batch_size, max_new_tokens, temperature, top_p, seed, template,
+            no_merge, device, output_dir, trust_remote_code) -> None:
+    """Label, summarize or complete every row of a file with a trained run (or export).
+
+    Classification and image runs give each class's probability; seq2seq the generated target; sft the
+    completion of each prompt. With answers in the file (labels, targets, class folders), also the score."""
+    from asymtune.inference.predict import predict as run_predict
+    from asymtune.inference.predictors import Options
+
+    options = Options(batch_size, Sampling(max_new_tokens, temperature, top_p, seed))
+    made = run_predict(run_ref, Path(input_path), Path(output_path) if output_path else None, Path(output_dir),
+                       options, not no_merge, trust_remote_code, device, log)
+    results.print(report.predictions_table(made))
+    if made.score:
+        name, value, rows = made.score
+        console.print(f"{name} on the {rows:,} rows with answers: {value:.4f}", highlight=False)
+    console.print(f"wrote {len(made.rows):,} rows to {made.output}", highlight=False)
+
+
+@main.command()
+@click.argument("run_refs", nargs=-1, metavar="RUN...")
+@click.option("--base", "base_model", help="Also answer with this base model (hub id, folder, asset), no adapter.")
+@click.option("--prompt", "prompt_texts", multiple=True, help="A question (repeatable).")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="A text file, one prompt per line.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@sampling_options
+@inference_options
+def generate(run_refs, base_model, prompt_texts, input_path, batch_size, max_new_tokens, temperature, top_p, seed,
+             template, no_merge, device, output_dir, trust_remote_code) -> None:
+    """Answer prompts with causal-LM runs (and/or --base), side by side."""
+    from asymtune.inference import generate as generating
+
+    if bool(prompt_texts) == bool(input_path):
+        raise UserError("give --prompt TEXT (repeatable) or --input FILE")
+    prompts = list(prompt_texts) if prompt_texts else generating.read_prompts(Path(input_path))
+    made = generating.answers(list(run_refs), base_model, prompts, Path(output_dir),
+                              Sampling(max_new_tokens, temperature, top_p, seed), template, not no_merge, batch_size,
+                              trust_remote_code, device, log)
+    results.print(report.answers_table(made.prompts, made.by_model))
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@click.option("--base", "base_model", help="Chat with this base model (hub id, folder, asset) instead of a run.")
+@sampling_options
+@inference_options
+def chat(run_ref, base_model, max_new_tokens, temperature, top_p, seed, template, no_merge, device, output_dir,
+         trust_remote_code) -> None:
+    """Talk to a causal-LM run in the terminal, answers streamed; /reset forgets, /exit ends. Reads a pipe too."""
+    from asymtune.inference import chat as chatting
+
+    def lines():
+        while True:
+            try:
+                yield input("you> ") if sys.stdin.isatty() else next(sys.stdin)
+            except (EOFError, StopIteration):
+                return
+
+    def write(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    chatting.run(run_ref, base_model, Path(output_dir), Sampling(max_new_tokens, temperature, top_p, seed), lines(),
+                 write, lambda note: console.print(f"[dim]{escape(note)}[/dim]", highlight=False), template,
+                 not no_merge, trust_remote_code, device)
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", required=False)
+@click.option("--base", "base_model", help="Serve this base model (hub id, folder, asset) instead of a run.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--name", "served_name", help="The model id clients ask for (default: the run's name).")
+@click.option("--template", default="auto", show_default=True, type=click.Choice(["auto", *PROMPT_STYLES]),
+              help="How chat requests become prompts; auto: as the run trained.")
+@inference_options
+def serve(run_ref, base_model, host, port, served_name, template, no_merge, device, output_dir,
+          trust_remote_code) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models; streaming) for a run."""
+    from asymtune.inference import serve as serving
+
+    name = serving.run(run_ref, base_model, Path(output_dir), host, port, served_name, template, not no_merge,
+                       trust_remote_code, device, log)
+    console.print(f"stopped serving {name}", highlight=False)
 
 
 @main.command(name="runs")

@@ -100,3 +100,35 @@ def bound_ratios_line(source: str, ratios, rank: int) -> str:
 
 def age(hours: float) -> str:
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} d"
+
+
+def answers_table(prompts: list[str], by_model: dict[str, Any]) -> Table:
+    """One row per prompt, one column per model (`generate`): the models' answers side by side, under each model's
+    name its run folder and tokens/s."""
+    table = Table(title="Answers", show_lines=True)
+    table.add_column("prompt", overflow="fold", ratio=1)
+    for name, completions in by_model.items():
+        title, _, run_folder = name.partition("/")  # a run: recipe name / run folder
+        below = [*([escape(run_folder)] if run_folder else []), f"{completions.tokens_per_s:.1f} tokens/s"]
+        table.add_column(escape(title) + "\n[dim]" + "\n".join(below) + "[/dim]", overflow="fold", ratio=2)
+    for index, prompt in enumerate(prompts):
+        table.add_row(escape(prompt), *(escape(c.texts[index].strip()) for c in by_model.values()))
+    return table
+
+
+def predictions_table(predictions: Any, shown: int = 5) -> Table:
+    """The first `shown` result rows of `predict`: the input, the prediction and, for classes, its probability."""
+    table = Table(title=escape(f"{predictions.source}: {len(predictions.rows):,} predictions "
+                               f"(first {min(shown, len(predictions.rows))})"), show_lines=True)
+    rows = predictions.rows[:shown]
+    keys = [key for key in rows[0] if key != "probabilities"]
+    for key in keys:
+        table.add_column(key, overflow="fold", max_width=60)
+    if "probabilities" in rows[0]:
+        table.add_column("p", justify="right")
+    for row in rows:
+        cells = [escape(str(row[key]) if len(str(row[key])) <= 300 else str(row[key])[:300] + " …") for key in keys]
+        if "probabilities" in row:
+            cells.append(f"{row['probabilities'][row['label']]:.3f}")
+        table.add_row(*cells)
+    return table

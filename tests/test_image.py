@@ -3,10 +3,8 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from asymtune.cli import main
 from asymtune.data.domainbed import coloured_digits, rotated_digits, split
@@ -28,24 +26,6 @@ def write_domainbed(root, per_class=5, classes_of=None):
                 colour = (200 * (c == 0) + 10 * i, 40 * e, 200 * (c == 1))
                 Image.new("RGB", (12, 12), colour).save(folder / f"{i}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-vit")
-    config = ViTConfig(
-        image_size=16,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=1000,
-    )
-    torch.manual_seed(0)
-    ViTForImageClassification(config).save_pretrained(folder)
-    ViTImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(folder)
-    return folder
 
 
 def test_split_is_seeded_stratified_disjoint_and_keeps_other_environments_out(tmp_path):

@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 
-from asymtune.data.sources import DataError
+from asymtune.data.sources import DataError, require_columns
 
 # Stanford Alpaca's prompts (github.com/tatsu-lab/stanford_alpaca, train.py PROMPT_DICT).
 ALPACA_PROMPT_WITH_INPUT = (
@@ -40,12 +41,7 @@ def alpaca_prompt(instruction: str, input_text: str | None = None) -> str:
 
 def to_prompt_completion(table: datasets.Dataset, fmt: str, source: str) -> datasets.Dataset:
     """Check `table` against `fmt` (naming the first bad row) and map it to prompt/completion columns."""
-    missing = [column for column in REQUIRED_COLUMNS[fmt] if column not in table.column_names]
-    if missing:
-        raise DataError(
-            f"{source}: format '{fmt}' needs column(s) {', '.join(missing)}; "
-            f"the data has {', '.join(table.column_names)}"
-        )
+    require_columns(table, REQUIRED_COLUMNS[fmt], source, f"format '{fmt}' needs")
     convert = {"alpaca": _alpaca_row, "prompt_completion": _prompt_completion_row, "messages": _messages_row}[fmt]
     for index, row in enumerate(table.select_columns(list(REQUIRED_COLUMNS[fmt]) + _optional(table, fmt))):
         try:
@@ -99,3 +95,55 @@ def _check_messages(messages: Any, column: str) -> None:
             message.get("content"), str
         ):
             raise ValueError(f"column '{column}', message {turn}: needs text 'role' and 'content'")
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One row to answer: the prompt as training built it (text, or chat messages), the question as the row
+    states it (for showing beside the answer) and the row's own answer, if it has one."""
+
+    prompt: Any
+    question: str
+    reference: str | None
+
+
+def to_prompts(table: datasets.Dataset, fmt: str, source: str) -> list[PromptRow]:
+    """Each row of `table` in `fmt` as a PromptRow, for generation: `alpaca` rows rendered, chat messages kept as
+    messages; the completion column (alpaca `output`, `completion`, a final assistant turn) is optional and, when
+    present, the reference. DataError names the row."""
+    needed = {"alpaca": ("instruction",), "prompt_completion": ("prompt",), "messages": ("messages",)}[fmt]
+    require_columns(table, needed, source, f"format '{fmt}' needs")
+    if len(table) == 0:
+        raise DataError(f"{source}: holds no rows")
+    prompts = []
+    for index, row in enumerate(table):
+        try:
+            prompts.append(_prompt_of(row, fmt))
+        except ValueError as error:
+            raise DataError(f"{source}: row {index}: {error}") from None
+    return prompts
+
+
+def _prompt_of(row: dict[str, Any], fmt: str) -> PromptRow:
+    def text_or_none(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    if fmt == "alpaca":
+        instruction, extra = _text(row, "instruction"), _text(row, "input", allow_empty=True).strip()
+        question = f"{instruction}\n\n{extra}" if extra else instruction
+        return PromptRow(alpaca_prompt(instruction, extra), question, text_or_none(row.get("output")))
+    if fmt == "prompt_completion":
+        completion = row.get("completion")
+        if isinstance(row["prompt"], list):
+            _check_messages(row["prompt"], "prompt")
+            reference = completion[-1].get("content") if isinstance(completion, list) and completion else None
+            return PromptRow(row["prompt"], row["prompt"][-1]["content"], text_or_none(reference))
+        prompt = _text(row, "prompt")
+        return PromptRow(prompt, prompt, text_or_none(completion))
+    messages = row["messages"]
+    _check_messages(messages, "messages")
+    if messages[-1]["role"] == "assistant":
+        if len(messages) < 2:
+            raise ValueError("'messages' holds only an assistant turn; nothing to answer")
+        return PromptRow(messages[:-1], messages[-2]["content"], messages[-1]["content"])
+    return PromptRow(messages, messages[-1]["content"], None)

@@ -19,6 +19,15 @@ class DataError(UserError):
     """The data named by the recipe cannot be used; the message names the file, column or row."""
 
 
+def require_columns(table: datasets.Dataset, columns: list[str] | tuple[str, ...], source: str, needs: str) -> None:
+    """DataError "SOURCE: NEEDS column(s) …; the data has …" when `table` lacks any of `columns` (`needs` says
+    who needs them, e.g. "format 'alpaca' needs")."""
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        raise DataError(f"{source}: {needs} column(s) {', '.join(missing)}; the data has "
+                        f"{', '.join(table.column_names)}")
+
+
 def load_table(
     ref: str, split: str = "train", log: Callable[[str], None] = print, config: str | None = None,
     encoding: str = "utf-8",
