@@ -19,13 +19,23 @@ class DataError(UserError):
     """The data named by the recipe cannot be used; the message names the file, column or row."""
 
 
-def require_columns(table: datasets.Dataset, columns: list[str] | tuple[str, ...], source: str, needs: str) -> None:
-    """DataError "SOURCE: NEEDS column(s) …; the data has …" when `table` lacks any of `columns` (`needs` says
+def require_columns(table: datasets.Dataset, columns: list[str] | tuple[str, ...], source: str,
+                    needs: str = "missing", hint: str = "") -> None:
+    """DataError "SOURCE: NEEDS column(s) …; the data has …HINT" when `table` lacks any of `columns` (`needs` says
     who needs them, e.g. "format 'alpaca' needs")."""
     missing = [column for column in columns if column not in table.column_names]
     if missing:
         raise DataError(f"{source}: {needs} column(s) {', '.join(missing)}; the data has "
-                        f"{', '.join(table.column_names)}")
+                        f"{', '.join(table.column_names)}{hint}")
+
+
+def require_text(table: datasets.Dataset, columns: list[str] | tuple[str, ...], source: str) -> None:
+    """DataError naming the first row (0-based, as in the file) whose value in one of `columns` is not text."""
+    for column in columns:
+        for row, value in enumerate(table[column]):
+            if not isinstance(value, str):
+                got = "None" if value is None else f"a {type(value).__name__} ({value!r:.60})"
+                raise DataError(f"{source}: row {row}: column {column!r} must be text, got {got}")
 
 
 def load_table(

@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from asymtune.data.glue import GLUE, GLUE_HUB_ID, GlueTask
-from asymtune.data.sources import DataError, load_table
+from asymtune.data.sources import DataError, load_table, require_columns, require_text
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation import metrics as m
 from asymtune.models import label_maps, load_pretrained, with_pad_token
@@ -72,15 +72,9 @@ class LabelledData:
         self.eval = {name: self._encode_labels(t, spec.label_field, name) for name, t in held_out.items()}
 
     def _check(self, table: datasets.Dataset, source: str) -> datasets.Dataset:
-        missing = [c for c in [*self.text_fields, self.label_field] if c not in table.column_names]
-        if missing:
-            raise DataError(f"{source}: missing column(s) {', '.join(missing)}; the data has "
-                            f"{', '.join(table.column_names)} (set data.text_fields / data.label_field)")
-        # Checked before any shuffling or splitting, so that row N is the file's row N (0-based).
-        for field in self.text_fields:
-            for row, value in enumerate(table[field]):
-                if not isinstance(value, str):
-                    raise DataError(f"{source}: row {row}: column {field!r} must be text, got {value!r}")
+        require_columns(table, [*self.text_fields, self.label_field], source,
+                        hint=" (set data.text_fields / data.label_field)")
+        require_text(table, self.text_fields, source)  # before any shuffling or splitting: row N is the file's
         if not isinstance(table.features[self.label_field], datasets.ClassLabel):
             check = self._score if self.regression else self._class_index if self.glue else self._class_name
             for row, value in enumerate(table[self.label_field]):

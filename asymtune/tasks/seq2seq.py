@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from asymtune import atomic
-from asymtune.data.sources import DataError, load_table
+from asymtune.data.sources import DataError, load_table, require_columns, require_text
 from asymtune.data.splits import train_eval_split
 from asymtune.evaluation.metrics import rouge
 from asymtune.models import load_pretrained
@@ -73,15 +73,8 @@ def load_pairs(recipe: Recipe) -> Pairs:
         held_out = load_table(train_ref, built_in.eval_split, console.print, config, encoding=spec.encoding)
     for table, name in ((train, train_ref), (held_out, spec.eval or train_ref)):
         if table is not None:
-            missing = [c for c in (source, target) if c not in table.column_names]
-            if missing:
-                raise DataError(f"{name}: missing column(s) {', '.join(missing)}; the data has "
-                                f"{', '.join(table.column_names)} (set data.source_field / data.target_field)")
-            for column in (source, target):  # checked before splitting, so row N is the file's row N
-                for row, value in enumerate(table[column]):
-                    if not isinstance(value, str):
-                        raise DataError(f"{name}: row {row}: column {column!r} must be text, got a "
-                                        f"{type(value).__name__}" + (f" ({value!r:.60})" if value is not None else ""))
+            require_columns(table, (source, target), name, hint=" (set data.source_field / data.target_field)")
+            require_text(table, (source, target), name)  # checked before splitting, so row N is the file's row N
     train, held_out = train_eval_split(train, held_out, spec.eval_fraction, recipe.seed,
                                        spec.max_train_samples, spec.max_eval_samples)
     if held_out is None:
