@@ -358,12 +358,9 @@ def generate(run_refs, base_model, prompt_texts, input_path, batch_size, max_new
     """Answer prompts with causal-LM runs (and/or --base), side by side."""
     from asymtune.inference import generate as generating
 
-    if bool(prompt_texts) == bool(input_path):
-        raise UserError("give --prompt TEXT (repeatable) or --input FILE")
-    prompts = list(prompt_texts) if prompt_texts else generating.read_prompts(Path(input_path))
-    made = generating.answers(list(run_refs), base_model, prompts, Path(output_dir),
+    made = generating.answers(list(run_refs), base_model, list(prompt_texts), Path(output_dir),
                               Sampling(max_new_tokens, temperature, top_p, seed), template, not no_merge, batch_size,
-                              trust_remote_code, device, log)
+                              trust_remote_code, device, log, Path(input_path) if input_path else None)
     results.print(report.answers_table(made.prompts, made.by_model))
 
 

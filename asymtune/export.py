@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from asymtune import atomic
@@ -39,12 +38,13 @@ def export(source: str, form: str, target: Path, root: Path, log: Callable[[str]
         forms.write_compact(run.adapter_dir, target, run.recipe_file)
     elif form == "peft":
         with atomic.directory(target) as scratch:
-            shutil.copytree(run.adapter_dir, scratch, dirs_exist_ok=True)
-            forms.copy_beside(run.adapter_dir, scratch, run.recipe_file)
+            shutil.copytree(run.adapter_dir, scratch, dirs_exist_ok=True)  # labels.json included
+            shutil.copy(run.recipe_file, scratch / forms.RECIPE_FILE)
     else:
-        trained = loading.from_run(run, trust_remote_code)
-        spec = trained.recipe.model.model_copy(update={"quantization": None})  # merge into full-precision weights
-        merged, processor = loading.load(replace(trained, recipe=trained.recipe.model_copy(update={"model": spec})),
-                                         merge=True, device="cpu", log=log)
+        recipe = run.trained_recipe(trust_remote_code)
+        full_precision = recipe.model.model_copy(update={"quantization": None})  # merge into unquantized weights
+        trained = loading.Trained(run.path.name, recipe.model_copy(update={"model": full_precision}), run.adapter_dir,
+                                  None, run.labels())
+        merged, processor = loading.load(trained, merge=True, device="cpu", log=log)
         forms.write_merged(merged, processor, run.adapter_dir, target, run.recipe_file)
     return forms.folder_size(target)

@@ -43,13 +43,11 @@ def open_run(ref: str, root: Path, scratch: Path, template: str = "auto", merge:
 def open_base(name: str, template: str = "auto", device: str | None = None, trust_remote_code: bool = False,
               log: Callable[[str], None] = print) -> CausalLM:
     """A base causal LM (hub id, folder, asset) with no adapter."""
-    import torch
-
     from asymtune.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(ModelSpec(name=name, trust_remote_code=trust_remote_code), log)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return CausalLM(f"base {name}", model.to(device).eval(), tokenizer, prompts.style_for(None, tokenizer, template))
+    return CausalLM(f"base {name}", model.to(loading.device_or_default(device)).eval(), tokenizer,
+                    prompts.style_for(None, tokenizer, template))
 
 
 def open_one(ref: str | None, base: str | None, root: Path, scratch: Path, template: str = "auto", merge: bool = True,

@@ -18,6 +18,7 @@ from asymtune.inference.prompts import PromptError
 from asymtune.inference.sampling import Sampling
 
 COMMANDS = {"/reset": "forget the conversation", "/exit": "end the chat"}
+COMMANDS_HELP = ", ".join(f"{command}: {what}" for command, what in COMMANDS.items())
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,7 @@ def run(ref: str | None, base: str | None, root: Path, sampling: Sampling, lines
     """`converse` with the run or export `ref`, or the base model `base` (exactly one)."""
     with loading.scratch_dir() as scratch:
         model = causal.open_one(ref, base, root, Path(scratch), template, merge, trust_remote_code, device, note)
-        commands = ", ".join(f"{command}: {what}" for command, what in COMMANDS.items())
-        note(f"chatting with {model.name} ({model.style} prompts); {commands}")
+        note(f"chatting with {model.name} ({model.style} prompts); {COMMANDS_HELP}")
         return converse(model, sampling, lines, write, note)
 
 
@@ -58,7 +58,7 @@ def converse(model: CausalLM, sampling: Sampling, lines: Iterable[str], write: C
             note("conversation forgotten")
             continue
         if text.startswith("/"):
-            note(f"unknown command {text.split()[0]}; " + ", ".join(f"{c}: {what}" for c, what in COMMANDS.items()))
+            note(f"unknown command {text.split()[0]}; {COMMANDS_HELP}")
             continue
         history.append({"role": "user", "content": text})
         try:

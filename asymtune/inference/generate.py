@@ -36,18 +36,22 @@ def read_prompts(path: Path) -> list[str]:
 
 def answers(refs: list[str], base: str | None, prompts: list[str], root: Path, sampling: Sampling,
             template: str = "auto", merge: bool = True, batch_size: int = 8, trust_remote_code: bool = False,
-            device: str | None = None, log: Callable[[str], None] = print) -> Answers:
-    """Every prompt answered by each run in `refs` (merged unless `merge` is False) and by `base`, one model in
-    memory at a time; prompts that do not fit a model's context are refused before any generation."""
+            device: str | None = None, log: Callable[[str], None] = print, input_path: Path | None = None) -> Answers:
+    """Every prompt (given, or the lines of `input_path`: exactly one of the two) answered by each run in `refs`
+    (merged unless `merge` is False) and by `base`, one model in memory at a time; prompts that do not fit a
+    model's context are refused before any generation."""
+    if bool(prompts) == (input_path is not None):
+        raise UserError("give --prompt TEXT (repeatable) or --input FILE")
     if not refs and not base:
         raise UserError("name at least one run, or --base MODEL")
-    if not prompts or not all(p.strip() for p in prompts):
+    prompts = prompts or read_prompts(input_path)
+    if not all(p.strip() for p in prompts):
         raise UserError("--prompt is empty; give a question, or --input FILE")
     by_model: dict[str, Completions] = {}
-    for ref, is_base in [*((r, False) for r in refs), *([(base, True)] if base else [])]:
+    for run_ref, base_model in [*((ref, None) for ref in refs), *([(None, base)] if base else [])]:
         with loading.scratch_dir() as scratch:
-            model = causal.open_one(None if is_base else ref, ref if is_base else None, root, Path(scratch), template,
-                                    merge, trust_remote_code, device, log)
+            model = causal.open_one(run_ref, base_model, root, Path(scratch), template, merge, trust_remote_code,
+                                    device, log)
             ids = [model.prompt_ids([{"role": "user", "content": text}], sampling.max_new_tokens, f"prompt {i + 1}")
                    for i, text in enumerate(prompts)]
             complete(model.model, model.tokenizer, ids[:1], replace(sampling, max_new_tokens=1))  # warm-up, untimed

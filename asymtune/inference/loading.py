@@ -106,8 +106,12 @@ def load(trained: Trained, merge: bool = True, device: str | None = None,
         model = load_adapted(model, recipe, trained.adapter_dir)
         if merge:
             model = model.merge_and_unload()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
+    return model.to(device_or_default(device)).eval(), processor
+
+
+def device_or_default(device: str | None) -> str:
+    """`device`, else cuda when a GPU is present, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

@@ -10,7 +10,7 @@ column, a target column, class folders), else None.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import torch
 from rich.progress import track
 
 from asymtune.data.formats import PromptRow
-from asymtune.data.sources import DataError, load_table, require_columns
+from asymtune.data.sources import DataError, load_table, require_columns, require_text
 from asymtune.inference.loading import Trained
+from asymtune.inference.sampling import Sampling
 from asymtune.report import console
 
 
@@ -35,7 +36,7 @@ class Options:
     """Batch size for every task; for causal LMs, how answers are drawn (`generation.Sampling`)."""
 
     batch_size: int = 8
-    sampling: Any = None
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,7 @@ def read_table(trained: Trained, path: Path, columns: list[str]) -> datasets.Dat
     require_columns(table, columns, str(path), f"this {trained.task} run reads")
     if len(table) == 0:
         raise DataError(f"{path}: holds no rows")
-    for column in columns:
-        for row, value in enumerate(table[column]):
-            if not isinstance(value, str):
-                raise DataError(f"{path}: row {row}: column {column!r} must be text, got {value!r:.60}")
+    require_text(table, columns, str(path))
     return table
 
 
@@ -79,7 +77,7 @@ def classify_texts(trained: Trained, model, tokenizer, path: Path, table: datase
         with torch.no_grad():
             outputs.append(model(**batch.to(model.device)).logits.float().cpu())
     logits = torch.cat(outputs)
-    inputs = [{field: table[field][i] for field in fields} for i in range(len(table))]
+    inputs = table.select_columns(fields).to_list()
     if not trained.labels:
         return Scored([{**row, "score": float(value)} for row, value in zip(inputs, logits[:, 0], strict=True)], None)
     rows = _labelled(inputs, logits, trained.labels)

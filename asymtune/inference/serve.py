@@ -42,7 +42,6 @@ def served_tokenizer(model: CausalLM):
 
 def build_app(model: CausalLM, name: str):
     """The FastAPI app of transformers' server, answering with `model` under the model id `name`."""
-    check_available()
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
