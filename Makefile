@@ -13,7 +13,7 @@ QUICKSTART_RUNS ?= runs/quickstart
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization,serve]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization,serve,trackers]"
 	touch $@
 
 install: $(BIN)/asymtune

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asymtune import atomic, distributed
+from asymtune import atomic, distributed, trackers
 from asymtune import recipe as recipes
 from asymtune.errors import RunEnded, UserError
 from asymtune.preflight import fit_to_model
@@ -60,6 +60,10 @@ def train(
     missing = missing_extras(recipe.task)
     if missing:
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
+    absent_trackers = trackers.missing(recipe.train.report_to)
+    if absent_trackers:
+        source = recipe_file if resume_dir is None else stopped.recipe_file
+        raise UserError(f"{source}: train.report_to: {'; '.join(absent_trackers)}")
     if resume_dir is None:
         recipe = fit_to_model(recipe, str(recipe_file), log)
         run = distributed.shared_run_dir(lambda: start(recipe, output_dir, argv))

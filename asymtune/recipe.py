@@ -36,6 +36,7 @@ KEY_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "epoch": "epochs", "wd
                "steps": "max_steps", "r": "rank", "lora_alpha": "alpha", "target_modules": "targets",
                "gradient_accumulation_steps": "grad_accum", "lora_dropout": "dropout"}
 FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
 
 
 class RecipeError(UserError):
@@ -234,6 +235,18 @@ class TrainSpec(_Strict):
     gradient_checkpointing: bool = False
     save_steps: int = Field(500, ge=1, description="checkpoint every N steps and at the end (train --resume)")
     save_total_limit: int = Field(2, ge=2, description="checkpoints kept (the newest; 2 so one is always complete)")
+    report_to: tuple[Tracker, ...] = Field((), description="experiment trackers fed while training (asymtune.trackers)")
+    project: str = Field("asymtune", min_length=1, description="the trackers' project / experiment name")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_is_a_list(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list):
+            if len(set(value)) != len(value):
+                raise ValueError(f"{value}: each tracker once")
+            return tuple(value)
+        return value
 
 
 class GenerationSpec(_Strict):

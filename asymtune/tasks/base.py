@@ -8,6 +8,7 @@ parameter counts. `evaluate_saved` re-computes a finished run's metrics from wha
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
+from asymtune import trackers
 from asymtune.adapters import fused, methods
 from asymtune.adapters.lora import ParameterCounts, load_adapter, load_peft
 from asymtune.callbacks import (
@@ -98,22 +100,25 @@ def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> 
     adapted, counts = prepare_model(model, recipe, family.task_type, rows, family.heads(model))
     console.print(family.describe(data))
     first_step = TimeToFirstStepCallback(started, run)
-    callbacks = [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss(), stop,
-                 *methods.callbacks(adapted, recipe.adapter)]
-    trainer = family.make_trainer(recipe, adapted, processor, data, trainer_options(recipe, run, adapted.dtype),
-                                  callbacks, (methods.optimizer(adapted, recipe), None))
-    trainer.remove_callback(PrinterCallback)
-    evaluation_started = time.perf_counter()
-    before = family.before_training(trainer, data)
-    first_step.exclude(time.perf_counter() - evaluation_started)
-    result = train(trainer, run, stop)
-    names = family.labels(data)
-    labels = label_maps(names) if names is not None else None
-    save_trained(trainer, adapted, processor, recipe, run, labels)
-    if labels is not None:
-        run.write_labels(labels)
-    metrics = {**training_metrics(result, first_step, rows), **before,
-               **family.metrics(trainer, adapted, processor, data, recipe, run)}
+    say = functools.partial(console.print, highlight=False, soft_wrap=True)
+    with trackers.tracked(recipe, run, counts, say) as tracking:
+        callbacks = [ProgressCallback(), StepLogCallback(run), first_step, StopOnNonFiniteLoss(), stop,
+                     *methods.callbacks(adapted, recipe.adapter), *tracking.callbacks]
+        trainer = family.make_trainer(recipe, adapted, processor, data, trainer_options(recipe, run, adapted.dtype),
+                                      callbacks, (methods.optimizer(adapted, recipe), None))
+        trainer.remove_callback(PrinterCallback)
+        evaluation_started = time.perf_counter()
+        before = family.before_training(trainer, data)
+        first_step.exclude(time.perf_counter() - evaluation_started)
+        result = train(trainer, run, stop)
+        names = family.labels(data)
+        labels = label_maps(names) if names is not None else None
+        save_trained(trainer, adapted, processor, recipe, run, labels)
+        if labels is not None:
+            run.write_labels(labels)
+        metrics = {**training_metrics(result, first_step, rows), **before,
+                   **family.metrics(trainer, adapted, processor, data, recipe, run)}
+        tracking.final(metrics)
     return {**metrics, "parameters": counts.as_dict()}
 
 
@@ -167,7 +172,9 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
         "save_strategy": "steps",
         "save_steps": train.save_steps,
         "save_total_limit": train.save_total_limit,
-        "report_to": [],
+        "report_to": [],  # trackers come as callbacks from asymtune.trackers, set up for the run
+        "run_name": f"{recipe.name}/{run.path.name}",
+        "project": train.project,
         "disable_tqdm": True,
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
