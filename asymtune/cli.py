@@ -201,23 +201,80 @@ def compare(run_refs, latest, group_by, no_group, baseline, output_format, paper
 
 
 @main.command()
+@click.argument("run_refs", nargs=-1, required=True)
+@click.option("--metric", "metrics", multiple=True,
+              help="A metric to draw (repeatable): over steps where logged, as final bars where a result. "
+                   "Default: training loss (and eval loss) over steps, the headline result as bars.")
+@click.option("--output", "output_path", default="plot.png", show_default=True, type=click.Path(dir_okay=False),
+              help="The figure: .png or .svg.")
+@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
+@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
+@click.option("--no-group", is_flag=True, help="One line or bar per run, no averaging over seeds.")
+@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
+              help="Mark the paper's reported values of this table.")
+@RUNS_ROOT
+def plot(run_refs, metrics, output_path, latest, group_by, no_group, paper, output_dir) -> None:
+    """Draw runs: curves over steps (mean ± std over seeds), final results as bars (± std), ID vs OOD for image
+    runs; grouped as `compare` groups them."""
+    from asymtune.plotting.plot import plot as draw_plot
+
+    written = draw_plot(list(run_refs), Path(output_dir), Path(output_path), list(metrics) or None, latest,
+                        group_by.split(",") if group_by else None, no_group, paper)
+    console.print(f"wrote {written}", highlight=False)
+
+
+@main.command(name="report")
+@click.argument("run_refs", nargs=-1, required=True)
+@click.option("--output", "output_path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The report: one self-contained .html file.")
+@click.option("--metric", "metrics", multiple=True, help="A metric for the figure (repeatable), as for `plot`.")
+@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
+@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
+@click.option("--no-group", is_flag=True, help="One row per run, no averaging over seeds.")
+@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
+              help="Add the paper's reported rows of this table.")
+@RUNS_ROOT
+def report_command(run_refs, output_path, metrics, latest, group_by, no_group, paper, output_dir) -> None:
+    """Write one HTML file on runs: the comparison table, the figure, each run's recipe difference from the
+    first, and the environments — self-contained, to attach to a message."""
+    from asymtune import html_report
+
+    written = html_report.write(list(run_refs), Path(output_dir), Path(output_path), list(metrics) or None, latest,
+                                group_by.split(",") if group_by else None, no_group, paper)
+    console.print(f"wrote {written.path}: {written.runs} runs ({html_report.statuses_line(written)}), "
+                  f"{written.rows} rows", highlight=False)
+
+
+@main.command()
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (training and adapter seed).")
 @click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2", help="Values to sweep (repeatable; cartesian).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override for every run.")
+@click.option("--report", "report_path", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              type=click.Path(dir_okay=False),
+              help="When the sweep ends, write the HTML report on its runs (default file: "
+                   "OUTPUT_DIR/<recipe file stem>-report.html).")
 @RUNS_ROOT
-def sweep(recipe_file, seeds, grid, overrides, output_dir) -> None:
+def sweep(recipe_file, seeds, grid, overrides, report_path, output_dir) -> None:
     """Train a grid × seeds one run after another (finished runs are skipped), then compare them."""
     from asymtune import compare as comparison
     from asymtune import sweep as sweeps
 
-    jobs = sweeps.plan(Path(recipe_file), sweeps.parse_seeds(seeds), sweeps.parse_grid(grid), overrides)
     root = Path(output_dir)
-    failed = sweeps.run_all(Path(recipe_file), jobs, root, log)
-    rows = comparison.collect(sweeps.sweep_runs(jobs, root), None)
-    results.print(comparison.to_table(rows, None, f"Sweep of {recipe_file}"))
-    if failed:
-        raise RunEnded(f"{len(failed)} of {len(jobs)} runs failed: {'; '.join(failed)}", exit_code=1)
+    report_file = None
+    if report_path is not None:
+        report_file = Path(report_path) if report_path else sweeps.default_report(Path(recipe_file), root)
+    swept = sweeps.sweep(Path(recipe_file), sweeps.parse_seeds(seeds), sweeps.parse_grid(grid), overrides, root, log,
+                         report_file)
+    results.print(comparison.to_table(swept.rows, None, f"Sweep of {recipe_file}"))
+    refs = " ".join(sweeps.sweep_refs(swept.jobs, root))
+    if swept.report:
+        console.print(f"report: {swept.report}", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"report: asymtune report {refs} --output report.html (or sweep --report)", highlight=False,
+                      soft_wrap=True)
+    if swept.failed:
+        raise RunEnded(f"{len(swept.failed)} of {len(swept.jobs)} runs failed: {'; '.join(swept.failed)}", exit_code=1)
 
 
 @main.command()

@@ -48,6 +48,8 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
+    task: str = ""
+    reports: str = ""  # a paper row: the method (as `method_name` says it) of the variant it reports, if one
 
 
 def method_name(adapter: recipes.AdapterSpec) -> str:
@@ -127,11 +129,15 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
         except RunDirError as error:  # one damaged run is listed, and never hides the others
             rows.append(Row(label=_run_label(run), status="unreadable", factors=str(error), runs=[str(run.path)]))
             continue
-        if status.get("status") != "completed":
-            rows.append(Row(label=_run_label(run), status=str(status.get("status", "incomplete")),
-                            factors=str(status.get("error", "")), runs=[str(run.path)]))
-            continue
         document = _recipe_document(run)
+        if status.get("status") != "completed":
+            row = Row(label=_run_label(run), status=str(status.get("status", "incomplete")),
+                      factors=str(status.get("error", "")), runs=[str(run.path)])
+            if document and _valid_adapter(document):  # what it was training, for the table and the plots
+                adapter = recipes.AdapterSpec.model_validate(document["adapter"])
+                row.method, row.rank, row.task = method_name(adapter), adapter.rank, str(document.get("task", ""))
+            rows.append(row)
+            continue
         if document is not None and not _valid_adapter(document):
             rows.append(Row(label=_run_label(run), status="completed (recipe.yaml unreadable)", runs=[str(run.path)]))
             continue
@@ -151,7 +157,8 @@ def paper_rows(table: str) -> tuple[str, list[Row]]:
     spec = tables[table]
     rows = []
     for printed in spec["rows"]:
-        row = Row(label=f"paper: {printed['label']}", status="reported", method="paper")
+        row = Row(label=f"paper: {printed['label']}", status="reported", method="paper", rank=printed.get("rank"),
+                  reports=printed.get("method", ""))
         row.factors = f"{printed['params']} params"
         for column, cell in printed["cells"].items():
             match = CELL.match(cell)
@@ -253,7 +260,7 @@ def to_table(rows: list[Row], baseline: Row | None, title: str, width: int = 160
         for row in rows:
             table.add_column(label(row), justify="right", style=None if row.status in OK_STATUSES else "red")
         for position, name in enumerate(IDENTITY):
-            table.add_row(name, *(_identity(row)[position] for row in rows))
+            table.add_row(name, *(identity_cells(row)[position] for row in rows))
         for column in columns:
             table.add_row(column, *(cell(row, column) for row in rows))
         return table
@@ -261,12 +268,12 @@ def to_table(rows: list[Row], baseline: Row | None, title: str, width: int = 160
         table.add_column(name, justify="left" if name in {"run", "status", "method", "factors"} else "right",
                          overflow="fold")
     for row in rows:
-        cells = [label(row), *_identity(row), *(cell(row, column) for column in columns)]
+        cells = [label(row), *identity_cells(row), *(cell(row, column) for column in columns)]
         table.add_row(*cells, style=None if row.status in OK_STATUSES else "red")
     return table
 
 
-def _identity(row: Row) -> list[str]:
+def identity_cells(row: Row) -> list[str]:
     return [row.status, row.method, row.factors, _fmt(row.rank), _fmt(row.trainable), _fmt(row.trainable_percent),
             str(len(row.runs))]
 
@@ -364,7 +371,7 @@ def _group_row(members: list[Member]) -> Row:
         adapter = recipes.AdapterSpec.model_validate(document["adapter"])
         row.method, row.rank = method_name(adapter), adapter.rank
         row.factors = f"A {adapter.A.label}, B {adapter.B.label}" if adapter.method == "lora" else ""
-        row.label = document["name"]
+        row.label, row.task = document["name"], str(document.get("task", ""))
         params = (first_run.read_json("metrics.json") or {}).get("parameters", {})
         row.trainable, row.trainable_percent = params.get("trainable"), params.get("trainable_percent")
     for name in metric_columns([Row(label="", status="", metrics=m) for m in metrics]):

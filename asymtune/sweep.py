@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import recipe as recipes
+from asymtune.compare import Row, collect
 from asymtune.runs import RunDir, resolve
 
 
@@ -77,10 +78,40 @@ def run_all(recipe_file: Path, jobs: list[Job], root: Path, log: Callable[[str],
     return failed
 
 
-def sweep_runs(jobs: list[Job], root: Path) -> list[RunDir]:
-    """Every run under the sweep's recipe names (earlier sweeps' included)."""
+def sweep_refs(jobs: list[Job], root: Path) -> list[str]:
+    """The folders of the sweep's recipe names that hold runs (earlier sweeps' runs included)."""
     names = sorted({job.recipe.name for job in jobs})
-    return resolve([str(root / name) for name in names if (root / name).is_dir()], root)
+    return [str(root / name) for name in names if (root / name).is_dir()]
+
+
+@dataclass(frozen=True)
+class Swept:
+    """A finished sweep: its jobs, the compare rows of its runs, the jobs that failed, the report written."""
+
+    jobs: list[Job]
+    rows: list[Row]
+    failed: list[str]
+    report: Path | None
+
+
+def sweep(recipe_file: Path, seeds: list[int], grid: list[tuple[str, list[str]]], overrides: tuple[str, ...],
+          root: Path, log: Callable[[str], None], report: Path | None = None) -> Swept:
+    """Plan and validate every job, train those not done, compare the sweep's runs and, with `report`, write the
+    HTML report on them there (failed runs included)."""
+    from asymtune import html_report
+
+    jobs = plan(recipe_file, seeds, grid, overrides)
+    failed = run_all(recipe_file, jobs, root, log)
+    refs = sweep_refs(jobs, root)
+    rows = collect(resolve(refs, root), None) if refs else []
+    if report is not None and refs:
+        html_report.write(refs, root, report)
+    return Swept(jobs, rows, failed, report if refs else None)
+
+
+def default_report(recipe_file: Path, root: Path) -> Path:
+    """Where `sweep --report` writes without a file name: ROOT/<recipe file stem>-report.html."""
+    return root / f"{recipe_file.stem}-report.html"
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -1,0 +1,1 @@
+"""Figures of compared runs: what to draw (`series`, no matplotlib) and drawing it (`draw`, the `analysis` extra)."""
