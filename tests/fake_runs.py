@@ -29,6 +29,8 @@ def fake_run(root, name, seed=0, rank=8, method="B-only", status="completed", me
     }
     (run.path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run.set_status(status)
+    (run.path / "env.json").write_text(json.dumps({"python": "3.11.7", "device": "cpu", "host": "h", "git_commit": "c0",
+                                                   "versions": {"asymtune": "0.1.0", "transformers": "5.0.test"}}))
     for step, loss in enumerate(losses, start=1):
         run.append_log({"step": step, "epoch": step / 10, "time": 1.0 * step, "loss": loss, "learning_rate": 1e-3})
     for step, loss in (eval_losses or {}).items():

@@ -51,6 +51,12 @@ def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, 
     grouped = json.loads(CliRunner().invoke(main, ["compare", str(tmp_path / "runs"), "--format", "json"]).output)
     assert sorted((row["label"], row["n_runs"]) for row in grouped) == [("tiny-sft-rank2", 2), ("tiny-sft-rank4", 2)]
 
-    again = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+    assert f"report: asymtune report {tmp_path / 'runs' / 'tiny-sft-rank2'}" in " ".join(first.output.split())
+
+    again = CliRunner().invoke(main, [*args, "--report"], env={"COLUMNS": "250"})
     assert again.exit_code == 0 and again.output.count("already done") == 4
     assert len(resolve([str(tmp_path / "runs")])) == 4
+    report = tmp_path / "runs" / "recipe-report.html"  # OUTPUT_DIR/<recipe file stem>-report.html
+    assert f"report: {report}" in again.output and report.is_file()
+    page = report.read_text()
+    assert page.count("<details") == 4 and "tiny-sft-rank4" in page and "<svg" in page

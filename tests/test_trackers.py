@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,42 @@ def test_a_tracker_that_is_not_installed_is_named_before_anything_runs(
     recipe["train"]["report_to"] = ["comet"]
     result = CliRunner().invoke(main, ["train", str(write_recipe(recipe)), "--output-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "train.report_to" in result.output and "'tensorboard'" in result.output
+
+
+def test_a_resumed_run_continues_its_tracker_runs(tiny_llama_dir, alpaca_file, write_recipe, tmp_path):
+    import signal
+
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from asymtune.checkpoints import MARKER
+
+    recipe = sft_recipe(tiny_llama_dir, alpaca_file)
+    recipe["train"].update(max_steps=48, save_steps=4, batch_size=2, report_to=["tensorboard", "mlflow"])
+    env = tracker_env(tmp_path)
+    command = [sys.executable, "-m", "asymtune.cli", "train", str(write_recipe(recipe)), "--output-dir",
+               str(tmp_path / "runs")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not list((tmp_path / "runs").glob(f"*/*/checkpoints/checkpoint-4/{MARKER}")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    [run] = resolve([str(tmp_path / "runs")])
+    first = run.read_json("trackers.json")
+    client = MlflowClient(first["mlflow"]["tracking_uri"])
+    assert client.get_run(first["mlflow"]["run_id"]).info.status == "KILLED"
+    done = subprocess.run([sys.executable, "-m", "asymtune.cli", "train", "--resume", str(run.path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert run.read_json("trackers.json")["mlflow"]["run_id"] == first["mlflow"]["run_id"]  # the same run
+    losses = logged_losses(run)  # a step logged again after the resume keeps its last value
+    assert sorted(losses) == list(range(1, 49))
+    mlflow_run = client.get_run(first["mlflow"]["run_id"])
+    assert mlflow_run.info.status == "FINISHED"
+    assert {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "loss")} == \
+        pytest.approx(losses)
+    events = EventAccumulator(first["tensorboard"]["logdir"], size_guidance={"scalars": 0})
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(losses)

@@ -24,6 +24,7 @@ HUES = {  # matplotlib's tab10, one per method family as `compare.method_name` s
 UNKNOWN_HUE = "#aaaaaa"
 FORMATS = (".png", ".svg")
 PANEL_SIZE = (5.4, 3.7)  # inches
+SVG_TEXT = {"svg.fonttype": "none"}  # labels stay <text> (searchable, selectable), drawn in the reader's font
 
 
 def colours(rows: list[Row]) -> dict[int, str]:
@@ -85,17 +86,23 @@ def figure(panels: Panels) -> Figure:
 
 def save(drawn: Figure, path: Path) -> Path:
     """Write the figure as PNG or SVG, chosen by the suffix of `path`."""
+    from matplotlib import rc_context
+
     if path.suffix.lower() not in FORMATS:
         raise PlotError(f"--output {path}: give a .png or .svg file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    drawn.savefig(path, dpi=110)
+    with rc_context(SVG_TEXT):
+        drawn.savefig(path, dpi=110)
     return path
 
 
 def svg_text(drawn: Figure) -> str:
-    """The figure as an SVG document (for inlining in HTML)."""
+    """The figure as an SVG element (for inlining in HTML), its text as text."""
+    from matplotlib import rc_context
+
     buffer = io.StringIO()
-    drawn.savefig(buffer, format="svg")
+    with rc_context(SVG_TEXT):
+        drawn.savefig(buffer, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # without the XML prologue and doctype
 
