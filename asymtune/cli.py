@@ -35,6 +35,22 @@ TRUST_REMOTE_CODE = click.option(
     help="Let the run's model run code it ships (auto_map). A run directory's own recipe never opts you in.")
 
 
+def selection_options(command):
+    """--latest, --group-by, --no-group, --paper, --output-dir: which runs, grouped by compare's rules, beside which
+    of the paper's tables (compare, plot, report)."""
+    for option in reversed([
+        click.option("--latest", is_flag=True, help="Only the newest run of each recipe name."),
+        click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus "
+                                        "seeds)."),
+        click.option("--no-group", is_flag=True, help="One row, line or bar per run: no averaging over seeds."),
+        click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
+                     help="The paper's reported values of this table: rows beside the runs (plot: markers)."),
+        RUNS_ROOT,
+    ]):
+        command = option(command)
+    return command
+
+
 class FiniteFloat(click.FloatRange):
     """A float in range that is also finite (click's FloatRange lets nan through: every comparison is false)."""
 
@@ -176,15 +192,10 @@ def assets_fetch(names: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("run_refs", nargs=-1, required=True)
-@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
-@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
-@click.option("--no-group", is_flag=True, help="One row per run, no averaging over seeds.")
 @click.option("--baseline", help="A run (folder or name) to show differences against.")
 @click.option("--format", "output_format", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               show_default=True)
-@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
-              help="Add the paper's reported rows of this table as references.")
-@RUNS_ROOT
+@selection_options
 def compare(run_refs, latest, group_by, no_group, baseline, output_format, paper, output_dir) -> None:
     """Compare runs: method, factors, rank, trainable parameters and every metric, mean ± std over seeds.
 
@@ -207,12 +218,7 @@ def compare(run_refs, latest, group_by, no_group, baseline, output_format, paper
                    "Default: training loss (and eval loss) over steps, the headline result as bars.")
 @click.option("--output", "output_path", default="plot.png", show_default=True, type=click.Path(dir_okay=False),
               help="The figure: .png or .svg.")
-@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
-@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
-@click.option("--no-group", is_flag=True, help="One line or bar per run, no averaging over seeds.")
-@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
-              help="Mark the paper's reported values of this table.")
-@RUNS_ROOT
+@selection_options
 def plot(run_refs, metrics, output_path, latest, group_by, no_group, paper, output_dir) -> None:
     """Draw runs: curves over steps (mean ± std over seeds), final results as bars (± std), ID vs OOD for image
     runs; grouped as `compare` groups them."""
@@ -228,12 +234,7 @@ def plot(run_refs, metrics, output_path, latest, group_by, no_group, paper, outp
 @click.option("--output", "output_path", default="report.html", show_default=True, type=click.Path(dir_okay=False),
               help="The report: one self-contained .html file.")
 @click.option("--metric", "metrics", multiple=True, help="A metric for the figure (repeatable), as for `plot`.")
-@click.option("--latest", is_flag=True, help="Only the newest run of each recipe name.")
-@click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus seeds).")
-@click.option("--no-group", is_flag=True, help="One row per run, no averaging over seeds.")
-@click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
-              help="Add the paper's reported rows of this table.")
-@RUNS_ROOT
+@selection_options
 def report_command(run_refs, output_path, metrics, latest, group_by, no_group, paper, output_dir) -> None:
     """Write one HTML file on runs: the comparison table, the figure, each run's recipe difference from the
     first, and the environments — self-contained, to attach to a message."""

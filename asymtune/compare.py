@@ -333,14 +333,21 @@ def _valid_adapter(document: dict[str, Any]) -> bool:
 
 
 def _recipe_document(run: RunDir) -> dict[str, Any] | None:
+    """The run's resolved recipe with every default filled in, so a run stored before a key was added groups with
+    one stored after; a recipe the schema no longer takes is used as stored. None: a base-model evaluation."""
     path = run.recipe_file
     if not path.is_file():
-        return None  # a base-model evaluation has no recipe
+        return None
     try:
         document = recipes.parse_yaml(path.read_bytes().decode("utf-8"), str(path))
     except (UnicodeDecodeError, recipes.RecipeError):
         return {}
-    return document if isinstance(document, dict) else {}
+    if not isinstance(document, dict):
+        return {}
+    try:
+        return recipes.Recipe.model_validate(document).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError
+        return document
 
 
 def _eval_options(run: RunDir) -> dict[str, Any]:

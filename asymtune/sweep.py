@@ -51,13 +51,18 @@ def plan(path: Path, seeds: list[int], grid: list[tuple[str, list[str]]], overri
 
 
 def finished_run(root: Path, recipe: recipes.Recipe) -> RunDir | None:
-    """A completed run under root/<name> trained from exactly this resolved recipe, if any."""
+    """A completed run under root/<name> trained from exactly this resolved recipe (defaults included: a run stored
+    before a key was added counts), if any."""
     wanted = recipes.to_yaml(recipe)
     for status in sorted((root / recipe.name).glob("*/status.json")):
         run = RunDir(status.parent)
-        recipe_file = run.recipe_file
-        if run.status == "completed" and recipe_file.is_file() and recipe_file.read_text() == wanted:
-            return run
+        if run.status == "completed" and run.recipe_file.is_file():
+            try:
+                stored = recipes.to_yaml(recipes.load(run.recipe_file, check_files=False))
+            except recipes.RecipeError:
+                continue
+            if stored == wanted:
+                return run
     return None
 
 

@@ -180,3 +180,16 @@ def test_group_by_a_key_no_run_has_is_refused_not_pooled(runs_root):
     result = CliRunner().invoke(main, ["compare", str(runs_root), "--group-by", "adapter.rnak"])
     assert result.exit_code == 2 and "--group-by adapter.rnak: no compared run's recipe has that key" in result.output
     assert CliRunner().invoke(main, ["compare", str(runs_root), "--group-by", "adapter.rank"]).exit_code == 0
+
+
+def test_a_run_stored_before_a_recipe_key_existed_groups_with_newer_ones(tmp_path):
+    """Old runs' recipe.yaml lacks keys added since (e.g. train.report_to); their defaults count as set."""
+    root = tmp_path / "runs"
+    old = fake_run(root, "b-only", 0, rank=8, eval_loss=1.0)
+    new = fake_run(root, "b-only", 1, rank=8, eval_loss=1.2)
+    document = yaml.safe_load(new.recipe_file.read_text())
+    document["train"] = {"report_to": [], "project": "asymtune", "learning_rate": 2e-4}  # written out, as defaults
+    new.recipe_file.write_text(yaml.safe_dump(document))
+    [row] = compare.collect(resolve([str(root)]), group_by=None)
+    assert sorted(row.runs) == sorted([str(old.path), str(new.path)])
+    assert row.metrics["eval_loss"] == pytest.approx(1.1)

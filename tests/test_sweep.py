@@ -1,13 +1,14 @@
 import json
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from conftest import sft_recipe
 
 from asymtune import sweep
 from asymtune.cli import main
-from asymtune.recipe import RecipeError
-from asymtune.runs import resolve
+from asymtune.recipe import RecipeError, to_yaml
+from asymtune.runs import RunDir, resolve
 
 
 def test_plan_is_grid_times_seeds_with_seeded_adapters(write_recipe, tmp_path):
@@ -60,3 +61,17 @@ def test_sweep_trains_each_point_once_and_compares(tiny_llama_dir, alpaca_file, 
     assert f"report: {report}" in again.output and report.is_file()
     page = report.read_text()
     assert page.count("<details") == 4 and "tiny-sft-rank4" in page and "<svg" in page
+
+
+def test_a_run_stored_before_a_recipe_key_existed_counts_as_done(write_recipe, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    [job] = sweep.plan(write_recipe(sft_recipe(tmp_path / "m", tmp_path / "d.jsonl")), [0], [], ())
+    run = RunDir.create(tmp_path / "runs", job.recipe.name)
+    stored = yaml.safe_load(to_yaml(job.recipe))
+    del stored["train"]["report_to"], stored["train"]["project"]  # as a run from before these keys
+    run.recipe_file.write_text(yaml.safe_dump(stored))
+    run.set_status("running")
+    assert sweep.finished_run(tmp_path / "runs", job.recipe) is None  # not completed
+    run.set_status("completed")
+    assert sweep.finished_run(tmp_path / "runs", job.recipe).path == run.path
