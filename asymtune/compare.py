@@ -129,7 +129,7 @@ def collect(found: list[RunDir], group_by: list[str] | None, per_run: bool = Fal
         except RunDirError as error:  # one damaged run is listed, and never hides the others
             rows.append(Row(label=_run_label(run), status="unreadable", factors=str(error), runs=[str(run.path)]))
             continue
-        document = _recipe_document(run)
+        document = recipe_document(run)
         if status.get("status") != "completed":
             row = Row(label=_run_label(run), status=str(status.get("status", "incomplete")),
                       factors=str(status.get("error", "")), runs=[str(run.path)])
@@ -332,7 +332,7 @@ def _valid_adapter(document: dict[str, Any]) -> bool:
     return isinstance(document.get("name"), str)
 
 
-def _recipe_document(run: RunDir) -> dict[str, Any] | None:
+def recipe_document(run: RunDir) -> dict[str, Any] | None:
     """The run's resolved recipe with every default filled in, so a run stored before a key was added groups with
     one stored after; a recipe the schema no longer takes is used as stored. None: a base-model evaluation."""
     path = run.recipe_file

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+
 from asymtune import atomic, compare
 from asymtune.compare import IDENTITY, OK_STATUSES, Comparison
 from asymtune.errors import UserError
@@ -136,7 +138,7 @@ def runs_section(comparison: Comparison) -> str:
         text = _recipe_text(run)
         if index == 0:
             body = f"<pre>{_e(text)}</pre>" if text else "<p>No recipe.yaml (a base-model evaluation).</p>"
-            items.append(f"<details open><summary>{head} · the recipe others are compared with</summary>{body}"
+            items.append(f"<details><summary>{head} · the recipe the others are compared with</summary>{body}"
                          "</details>")
             continue
         diff = list(difflib.unified_diff(first_text.splitlines(), text.splitlines(), "first run", "this run", n=0,
@@ -177,6 +179,11 @@ def run_status(run: RunDir) -> dict:
 
 
 def _recipe_text(run: RunDir) -> str:
+    """The run's recipe with defaults filled in (compare's view, so keys added since an old run are no difference);
+    as stored when the schema does not take it; '' without one."""
+    document = compare.recipe_document(run)
+    if document:
+        return yaml.safe_dump(document, sort_keys=False)
     try:
         return run.recipe_file.read_bytes().decode("utf-8", "replace") if run.recipe_file.is_file() else ""
     except OSError:

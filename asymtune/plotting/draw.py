@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,14 @@ def svg_text(drawn: Figure) -> str:
     return text[text.index("<svg"):]  # without the XML prologue and doctype
 
 
+def mean_std(value: float, std: float | None) -> str:
+    """'3.70 ± 0.10': the std to two significant digits, the mean to as many decimals; 4 significant without a std."""
+    if not std:
+        return f"{value:.4g}"
+    decimals = max(0, 1 - math.floor(math.log10(std)))
+    return f"{value:.{decimals}f} ± {std:.{decimals}f}"
+
+
 def metric_title(metric: str) -> str:
     return {TRAIN_LOSS: "training loss", "eval_loss": "eval loss"}.get(metric, metric)
 
@@ -158,7 +167,7 @@ def _draw_bars(axis, metric: str, bars: list[Bar], colour: dict[int, str]) -> No
         if bar.value is not None:
             axis.barh(y, bar.value - floor, left=floor, color=shade, height=0.7,
                       xerr=bar.std, capsize=3, error_kw={"elinewidth": 1})
-            text = f"{bar.value:.4g}" + (f" ± {bar.std:.2g}" if bar.std else "")
+            text = mean_std(bar.value, bar.std)
             axis.text(0.99, y, text, transform=axis.get_yaxis_transform(), ha="right", va="center",
                       fontsize="x-small")  # a column of values at the right edge, clear of bars and markers
         elif bar.row.method != "paper":  # no result: keep its place and say why
