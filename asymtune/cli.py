@@ -156,7 +156,7 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             problems.append(str(error))
             continue
         console.print(f"[green]ok[/green] {escape(path)}: {recipe.name} ({recipe.task}) — "
-                      f"{adapter_summary(recipe.adapter)}", highlight=False, soft_wrap=True)
+                      f"{adapter_summary(recipe.adapter, recipe.train.learning_rate)}", highlight=False, soft_wrap=True)
     if problems:
         raise recipes.RecipeError("\n".join(problems))
 

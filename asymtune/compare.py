@@ -66,11 +66,22 @@ def method_name(adapter: recipes.AdapterSpec) -> str:
     return "both trained"
 
 
-def adapter_summary(adapter: recipes.AdapterSpec) -> str:
-    """One line on what an adapter trains, e.g. 'A orthogonal frozen, B zero trained, r=16, alpha=32'."""
+def adapter_summary(adapter: recipes.AdapterSpec, learning_rate: float) -> str:
+    """One line on what an adapter trains, e.g. 'A orthogonal frozen, B zero trained, r=16, alpha=32' (and the
+    factors' own learning rates when they have them)."""
     if adapter.method == "lora":
-        return f"A {adapter.A.label}, B {adapter.B.label}, r={adapter.rank}, alpha={adapter.lora_alpha:g}"
+        rates = rates_text(adapter, learning_rate)
+        return (f"A {adapter.A.label}, B {adapter.B.label}, r={adapter.rank}, alpha={adapter.lora_alpha:g}"
+                + (f", {rates}" if rates else ""))
     return f"method {adapter.method}" + (f", r={adapter.rank}" if adapter.rank else "")
+
+
+def rates_text(adapter: recipes.AdapterSpec, learning_rate: float) -> str:
+    """'lr A 0.0001, B 0.0016' for the trained factors when they learn at their own rates, else ''."""
+    if adapter.method != "lora" or not adapter.per_factor_optimisation:
+        return ""
+    rates = dict(zip("AB", adapter.factor_rates(learning_rate), strict=True))
+    return "lr " + ", ".join(f"{name} {rates[name]:.3g}" for name in "AB" if getattr(adapter, name).trainable)
 
 
 def run_metrics(run: RunDir) -> dict[str, float]:
@@ -377,7 +388,9 @@ def _group_row(members: list[Member]) -> Row:
     else:
         adapter = recipes.AdapterSpec.model_validate(document["adapter"])
         row.method, row.rank = method_name(adapter), adapter.rank
-        row.factors = f"A {adapter.A.label}, B {adapter.B.label}" if adapter.method == "lora" else ""
+        rates = rates_text(adapter, float(document.get("train", {}).get("learning_rate", 2e-4)))
+        row.factors = f"A {adapter.A.label}, B {adapter.B.label}" + (f"; {rates}" if rates else "") \
+            if adapter.method == "lora" else ""
         row.label, row.task = document["name"], str(document.get("task", ""))
         params = (first_run.read_json("metrics.json") or {}).get("parameters", {})
         row.trainable, row.trainable_percent = params.get("trainable"), params.get("trainable_percent")

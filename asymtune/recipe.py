@@ -52,11 +52,19 @@ class FactorSpec(_Strict):
 
     init: FactorInit
     trainable: bool
+    learning_rate: float | None = Field(None, gt=0, description="this factor's rate (default: train.learning_rate)")
+    weight_decay: float | None = Field(None, ge=0, description="this factor's decay (default: train.weight_decay)")
 
     @property
     def label(self) -> str:
         """e.g. 'orthogonal frozen' or 'zero trained'."""
         return f"{self.init} {'trained' if self.trainable else 'frozen'}"
+
+    @model_validator(mode="after")
+    def _optimised_only_if_trained(self) -> FactorSpec:
+        if not self.trainable and (self.learning_rate is not None or self.weight_decay is not None):
+            raise ValueError("a frozen factor is not optimised: remove its learning_rate / weight_decay, or train it")
+        return self
 
 
 class QuantizationSpec(_Strict):
@@ -152,8 +160,21 @@ class AdapterSpec(_Strict):
     A: FactorSpec = FactorSpec(init="kaiming_uniform", trainable=True)
     B: FactorSpec = FactorSpec(init="zero", trainable=True)
     fused: bool = Field(True, description="fused forward/backward for frozen-A layers (B-only)")
+    lr_ratio: float | None = Field(None, gt=0, description="LoRA+: B's learning rate = lr_ratio x A's")
     adalora_target_rank: int | None = Field(None, ge=1, description="adalora: average rank kept (default rank/2)")
     ia3_feedforward: list[str] | None = Field(None, description="ia3: targets scaled at their input (MLP)")
+
+    @property
+    def per_factor_optimisation(self) -> bool:
+        """Whether A and B learn with their own rates or decay (one optimizer, a parameter group each)."""
+        return self.lr_ratio is not None or any(
+            value is not None for f in (self.A, self.B) for value in (f.learning_rate, f.weight_decay))
+
+    def factor_rates(self, learning_rate: float) -> tuple[float, float]:
+        """(A's, B's) learning rate given train.learning_rate: each factor's own, B's = lr_ratio × A's."""
+        rate_a = self.A.learning_rate or learning_rate
+        rate_b = self.B.learning_rate or (rate_a * self.lr_ratio if self.lr_ratio else learning_rate)
+        return rate_a, rate_b
 
     @property
     def scale(self) -> float:
@@ -182,7 +203,7 @@ class AdapterSpec(_Strict):
     def _method_settings(self) -> AdapterSpec:
         method = self.method
         defaults = type(self).model_fields
-        lora_only = [k for k in ("A", "B", "fused") if getattr(self, k) != defaults[k].default]
+        lora_only = [k for k in ("A", "B", "fused", "lr_ratio") if getattr(self, k) != defaults[k].default]
         if method in RANKED_METHODS and (self.rank is None or self.targets is None):
             raise ValueError(f"method {method} needs adapter.rank and adapter.targets")
         if method == "ia3" and self.targets is None:
@@ -199,6 +220,11 @@ class AdapterSpec(_Strict):
 
     def _adapter_can_learn(self) -> AdapterSpec:
         a, b = self.A, self.B
+        if self.lr_ratio is not None and not (a.trainable and b.trainable):
+            raise ValueError("lr_ratio sets B's learning rate relative to A's: it needs both factors trained "
+                             "(set the trained factor's learning_rate instead)")
+        if self.lr_ratio is not None and b.learning_rate is not None:
+            raise ValueError("lr_ratio and B.learning_rate both set B's learning rate: keep one")
         if not a.trainable and not b.trainable:
             raise ValueError("nothing is trainable: set A.trainable or B.trainable to true")
         if b.init == "zero" and not b.trainable:

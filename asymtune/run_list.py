@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import recipe as recipes
-from asymtune.compare import method_name
+from asymtune.compare import method_name, rates_text
 from asymtune.evaluation.run_eval import read_evaluations
 from asymtune.registry import headline_metric
 from asymtune.runs import RunDirError, resolve
@@ -38,6 +38,8 @@ def summaries(root: Path) -> list[RunLine]:
         try:
             recipe = recipes.load(run.recipe_file, check_files=False)
             task, method = recipe.task, method_name(recipe.adapter)
+            rates = rates_text(recipe.adapter, recipe.train.learning_rate)
+            method += f" ({rates})" if rates else ""
         except recipes.RecipeError:
             task, method = "-", "base model" if "base_model" in status else "-"
         best = headline_metric(metrics, task)

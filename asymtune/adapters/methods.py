@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from transformers import TrainerCallback
 
 from asymtune import atomic
-from asymtune.adapters import fused, lora
+from asymtune.adapters import factor_rates, fused, lora
 from asymtune.adapters.lora import ParameterCounts
 from asymtune.distributed import world_size
 from asymtune.recipe import AdapterSpec, Recipe
@@ -96,8 +96,11 @@ def count(model: nn.Module, spec: AdapterSpec, base: int) -> ParameterCounts:
 
 
 def optimizer(model: nn.Module, recipe: Recipe) -> Optimizer | None:
-    """LoRA-FA's own optimizer (it freezes A); None means the Trainer's default AdamW."""
+    """LoRA-FA's own optimizer (it freezes A), AdamW with a group per factor when A and B have their own rates
+    (factor_rates.py); None means the Trainer's default AdamW."""
     spec = recipe.adapter
+    if spec.per_factor_optimisation:
+        return factor_rates.optimizer(model, recipe)
     if spec.method != "lora_fa":
         return None
     from peft.optimizers import create_lorafa_optimizer
