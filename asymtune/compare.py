@@ -29,7 +29,7 @@ from asymtune.runs import RunDir, RunDirError, resolve, resolve_one
 
 SEED_KEYS = ("seed", "adapter.seed")
 LOWER_IS_BETTER = re.compile(r"loss|perplexity|gap")
-BOOKKEEPING = re.compile(r"steps|rows|runtime|time_to|_s$|tokens|skipped")  # csv/json only, never ranked
+BOOKKEEPING = re.compile(r"steps|rows|runtime|time_to|_s$|tokens|skipped|padding")  # csv/json only, never ranked
 NOT_RANKED = re.compile(r"_before$")  # shown, but the same for every run of a base model
 CELL = re.compile(r"^\s*(?P<mean>-?[\d.]+)\s*(?:±\s*(?P<std>[\d.]+))?")
 

@@ -125,6 +125,7 @@ class DataSpec(_Strict):
     max_eval_samples: int | None = Field(None, ge=1)
     max_length: int = Field(1024, ge=8)
     completion_only_loss: bool = True
+    packing: bool = Field(False, description="sft: pack rows into max_length sequences (TRL's BFD, padding-free)")
 
     @field_validator("text_fields", "train_envs", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnl
 TASKS: dict[str, TaskInfo] = {
     info.name: info
     for info in (
-        TaskInfo("sft", data_keys=("format",), datasets=(), headline=(r"^mmlu_average$", r"^eval_loss$")),
+        TaskInfo("sft", data_keys=("format", "packing"), datasets=(), headline=(r"^mmlu_average$", r"^eval_loss$")),
         TaskInfo("classification", data_keys=("glue_task", "text_fields"), datasets=GLUE_TASKS,
                  headline=(r"^glue_", r"^eval_validation_accuracy$"), eval_mapping=True),
         TaskInfo("seq2seq", data_keys=("summarization", "source_field", "target_field"),

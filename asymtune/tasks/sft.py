@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import datasets
+import torch
 from trl import SFTConfig, SFTTrainer
 
 from asymtune.data.formats import to_prompt_completion
@@ -45,6 +46,32 @@ def check_truncation(rows: int, kept: int, split: str, max_length: int) -> None:
         )
 
 
+def sequences(dataset: datasets.Dataset) -> int:
+    """Rows in a tokenized split: each pack of a packed split counts the rows it holds."""
+    if "seq_lengths" in dataset.column_names:
+        return sum(len(lengths) for lengths in dataset["seq_lengths"])
+    return len(dataset)
+
+
+class PaddingCount:
+    """Token positions the model computed while training and how many of them were padding (a forward pre-hook
+    on the model; evaluation passes are not counted)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.positions = self.padding = 0
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if module.training and ids is not None:
+            self.positions += ids.numel()
+            self.padding += ids.numel() - int(mask.sum()) if mask is not None else 0  # padding-free: none
+
+    @property
+    def percent(self) -> float | None:
+        return 100.0 * self.padding / self.positions if self.positions else None
+
+
 def perplexity(loss: float) -> float:
     """exp(mean token cross-entropy); inf where that overflows."""
     return math.exp(loss) if loss < 700 else math.inf
@@ -77,19 +104,25 @@ class InstructionTuning(TaskFamily):
             eval_steps=recipe.train.eval_steps if periodic_eval else None,
             max_length=recipe.data.max_length,
             completion_only_loss=recipe.data.completion_only_loss,
+            packing=recipe.data.packing,  # best-fit-decreasing packs, padding-free: position ids restart per row
+            eval_packing=False,  # eval loss over the same rows, packed or not
             dataset_num_proc=None,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                              processing_class=processor, callbacks=callbacks, optimizers=optimizers)
+        trainer.padding_count = PaddingCount(model)
         if getattr(model, "is_quantized", False):
             # TRL casts a quantized model's trainable parameters to bfloat16; keep them float32 as PEFT makes them
             # (the optimizer's master copy), matching the frozen factors, which TRL does not see (they are buffers).
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
-        check_truncation(len(train_set), len(trainer.train_dataset), "train", recipe.data.max_length)
+        check_truncation(len(train_set), sequences(trainer.train_dataset), "train", recipe.data.max_length)
         if eval_set is not None:
-            check_truncation(len(eval_set), len(trainer.eval_dataset), "eval", recipe.data.max_length)
+            check_truncation(len(eval_set), sequences(trainer.eval_dataset), "eval", recipe.data.max_length)
+        if recipe.data.packing:
+            console.print(f"packing: {sequences(trainer.train_dataset)} train rows in {len(trainer.train_dataset)} "
+                          f"sequences of at most {recipe.data.max_length} tokens")
         return trainer
 
     def before_training(self, trainer, data) -> dict[str, Any]:
@@ -105,6 +138,8 @@ class InstructionTuning(TaskFamily):
         metrics: dict[str, Any] = {}
         if tokens:  # only a trainer that trained has counted tokens
             metrics = {"train_tokens": tokens, "train_tokens_per_s": tokens / runtime if runtime else None}
+        if trainer.padding_count.percent is not None:
+            metrics["train_padding_percent"] = trainer.padding_count.percent
         eval_set = data[1]
         if eval_set is not None:
             loss = trainer.evaluate()["eval_loss"]
