@@ -60,6 +60,8 @@ def train(
     missing = missing_extras(recipe.task)
     if missing:
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
+    if recipe.train.liger_kernel:
+        check_liger(recipe_file if resume_dir is None else stopped.recipe_file)
     absent_trackers = trackers.missing(recipe.train.report_to)
     if absent_trackers:
         source = recipe_file if resume_dir is None else stopped.recipe_file
@@ -99,6 +101,19 @@ def _prepare_resume(run: RunDir, log: Callable[[str], None]) -> None:
     start_point = f"checkpoint-{run.resume_from.step}" if run.resume_from else "the start (no complete checkpoint)"
     log(f"resuming from {start_point}")
     run.append_log({"event": "resumed", "from_step": run.resume_from.step if run.resume_from else 0})
+
+
+def check_liger(source: Path) -> None:
+    """train.liger_kernel runs Liger's Triton kernels: refuse it, naming the recipe, without the package or a GPU."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise UserError(f"{source}: train.liger_kernel needs the liger-kernel package (pip install 'asymtune[liger]')")
+    if not torch.cuda.is_available():
+        raise UserError(f"{source}: train.liger_kernel runs Triton kernels on a CUDA GPU, and none is visible here; "
+                        "set train.liger_kernel: false")
 
 
 def remote_code_warning(model: recipes.ModelSpec) -> str:

@@ -262,8 +262,24 @@ class TrainSpec(_Strict):
     gradient_checkpointing: bool = False
     save_steps: int = Field(500, ge=1, description="checkpoint every N steps and at the end (train --resume)")
     save_total_limit: int = Field(2, ge=2, description="checkpoints kept (the newest; 2 so one is always complete)")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without a lower "
+                                                                  "eval loss (needs eval_steps)")
+    keep_best: bool = Field(False, description="the run's adapter is the checkpoint with the lowest eval loss")
+    liger_kernel: bool = Field(False, description="Liger Kernel's fused RMSNorm, SwiGLU, RoPE, linear cross-entropy "
+                                                  "(CUDA)")
     report_to: tuple[Tracker, ...] = Field((), description="experiment trackers fed while training (asymtune.trackers)")
     project: str = Field("asymtune", min_length=1, description="the trackers' project / experiment name")
+
+    @model_validator(mode="after")
+    def _best_needs_evaluations(self) -> TrainSpec:
+        wanted = [key for key, on in (("early_stopping_patience", self.early_stopping_patience is not None),
+                                      ("keep_best", self.keep_best)) if on]
+        if wanted and self.eval_steps is None:
+            raise ValueError(f"{' and '.join(wanted)} need(s) train.eval_steps: an evaluation every N steps")
+        if self.keep_best and self.save_steps % self.eval_steps:
+            raise ValueError(f"keep_best: train.save_steps {self.save_steps} must be a multiple of train.eval_steps "
+                             f"{self.eval_steps}, so the best evaluated step has a checkpoint")
+        return self
 
     @field_validator("report_to", mode="before")
     @classmethod
@@ -315,6 +331,16 @@ class Recipe(_Strict):
         if self.task == "image" and not (data.train_envs and data.eval_fraction > 0):
             raise ValueError("task image needs data.train_envs and data.eval_fraction (the in-domain test share; "
                              "DomainBed: 0.2)")
+        if self.train.liger_kernel and self.task != "sft":
+            raise ValueError(f"train.liger_kernel patches causal language models: it is built for task sft, not "
+                             f"{self.task}")
+        best = self.train.early_stopping_patience is not None or self.train.keep_best
+        if best and self.task != "sft":
+            raise ValueError(f"train.early_stopping_patience / keep_best: task {self.task} does not evaluate during "
+                             "training; they are built for task sft")
+        if best and data.eval is None and data.eval_fraction == 0:
+            raise ValueError("train.early_stopping_patience / keep_best need an eval set: data.eval or "
+                             "data.eval_fraction > 0")
         if self.model.quantization and self.task != "sft":
             raise ValueError(f"model.quantization (QLoRA) is built for task sft, not {self.task}")
         if self.model.quantization and self.adapter.method == "full":

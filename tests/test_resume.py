@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import sft_recipe
 from safetensors.torch import load_file
@@ -52,7 +53,16 @@ def resumable_recipe(tiny_llama_dir, alpaca_file, write_recipe):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_with_the_adapter_and_metrics_of_an_uninterrupted_run(resumable_recipe, tmp_path):
+@pytest.mark.parametrize("variant", ["b-only", "packed-loraplus"])
+def test_sigkill_then_resume_ends_with_the_adapter_and_metrics_of_an_uninterrupted_run(
+    resumable_recipe, tmp_path, variant
+):
+    if variant == "packed-loraplus":  # packed batches, both factors trained at their own rates (LoRA+)
+        document = yaml.safe_load(resumable_recipe.read_text())
+        document["data"]["packing"] = True
+        document["adapter"].update(A={"init": "kaiming_uniform", "trainable": True, "learning_rate": 5e-3},
+                                   B={"init": "zero", "trainable": True}, lr_ratio=4)
+        resumable_recipe.write_text(yaml.safe_dump(document))
     reference = CliRunner().invoke(main, ["train", str(resumable_recipe), "--output-dir", str(tmp_path / "whole")])
     assert reference.exit_code == 0, reference.output
     [whole] = resolve([str(tmp_path / "whole")])

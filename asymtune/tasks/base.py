@@ -111,12 +111,13 @@ def fit(family: TaskFamily, recipe: Recipe, run: RunDir, stop: GracefulStop) -> 
         before = family.before_training(trainer, data)
         first_step.exclude(time.perf_counter() - evaluation_started)
         result = train(trainer, run, stop)
+        best = keep_best(trainer, recipe)
         names = family.labels(data)
         labels = label_maps(names) if names is not None else None
         save_trained(trainer, adapted, processor, recipe, run, labels)
         if labels is not None:
             run.write_labels(labels)
-        metrics = {**training_metrics(result, first_step, rows), **before,
+        metrics = {**training_metrics(result, first_step, rows), **before, **best,
                    **family.metrics(trainer, adapted, processor, data, recipe, run)}
         tracking.final(metrics)
     return {**metrics, "parameters": counts.as_dict()}
@@ -132,8 +133,8 @@ def evaluate_saved(family: TaskFamily, recipe: Recipe, run: RunDir) -> dict[str,
     else:
         model, processor = family.load_model(recipe, family.labels(data))
         model = load_adapted(model, recipe, run.adapter_dir)
-    trainer = family.make_trainer(recipe, model, processor, data, trainer_options(recipe, run, model.dtype),
-                                  [ProgressCallback()], (None, None))
+    options = {**trainer_options(recipe, run, model.dtype), "use_liger_kernel": False}  # evaluating: the plain model
+    trainer = family.make_trainer(recipe, model, processor, data, options, [ProgressCallback()], (None, None))
     trainer.remove_callback(PrinterCallback)
     return family.metrics(trainer, model, processor, data, recipe, run)
 
@@ -179,6 +180,7 @@ def trainer_options(recipe: Recipe, run: RunDir, dtype: torch.dtype) -> dict[str
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
         "gradient_checkpointing": train.gradient_checkpointing,
+        "use_liger_kernel": train.liger_kernel,  # the Trainer patches the base model's layers with Liger's kernels
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
@@ -210,6 +212,19 @@ def train(trainer: Trainer, run: RunDir, stop: GracefulStop) -> TrainOutput:
         session_sum = result.training_loss * (result.global_step - resumed.step)
         result = result._replace(training_loss=(resumed.loss_sum + session_sum) / result.global_step)
     return result
+
+
+def keep_best(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
+    """With train.keep_best, load the checkpoint with the lowest eval loss into the model (as a resume does: a
+    frozen factor stays frozen) so that it is what the run saves; its step and eval loss for metrics.json."""
+    state = trainer.state
+    if not recipe.train.keep_best or state.best_model_checkpoint is None:
+        return {}
+    trainer._load_from_checkpoint(state.best_model_checkpoint)
+    step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    console.print(f"keep_best: the run keeps checkpoint-{step} (eval loss {state.best_metric:.4f}, the lowest) "
+                  f"of {state.global_step} steps")
+    return {"best_step": step, "best_eval_loss": state.best_metric}
 
 
 def prepare_model(

@@ -7,6 +7,7 @@ from typing import Any
 
 import datasets
 import torch
+from transformers import EarlyStoppingCallback
 from trl import SFTConfig, SFTTrainer
 
 from asymtune.data.formats import to_prompt_completion
@@ -99,6 +100,9 @@ class InstructionTuning(TaskFamily):
         """SFTTrainer on our (Peft)Model (no peft_config), after checking truncation kept some rows."""
         train_set, eval_set = data
         periodic_eval = eval_set is not None and recipe.train.eval_steps is not None
+        best = recipe.train.early_stopping_patience is not None or recipe.train.keep_best
+        if recipe.train.early_stopping_patience is not None:
+            callbacks = [*callbacks, EarlyStoppingCallback(recipe.train.early_stopping_patience)]
         args = SFTConfig(
             **{**options, "eval_strategy": "steps" if periodic_eval else "no", "average_tokens_across_devices": True},
             eval_steps=recipe.train.eval_steps if periodic_eval else None,
@@ -106,6 +110,8 @@ class InstructionTuning(TaskFamily):
             completion_only_loss=recipe.data.completion_only_loss,
             packing=recipe.data.packing,  # best-fit-decreasing packs, padding-free: position ids restart per row
             eval_packing=False,  # eval loss over the same rows, packed or not
+            metric_for_best_model="eval_loss" if best else None,
+            greater_is_better=False if best else None,
             dataset_num_proc=None,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
