@@ -97,9 +97,31 @@ Summarization = Literal[TASKS["seq2seq"].datasets]  # type: ignore[valid-type]
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 
 
+SftFormat = Literal["alpaca", "prompt_completion", "messages"]
+
+
+class SourceSpec(_Strict):
+    """One training source of a mix (`data.train` as a list; task sft)."""
+
+    train: str = Field(description="hub dataset id, local file, or asset name")
+    name: str | None = Field(None, description="its label in metrics (eval_<name>_loss); default: from train")
+    format: SftFormat | None = Field(None, description="default: data.format")
+    config: str | None = Field(None, description="hub dataset configuration")
+    split: str = "train"
+    eval: str | None = Field(None, description="its held-out file or hub id; else data.eval_fraction of it")
+    weight: float = Field(1.0, gt=0, description="its share of the training mix, relative to the others")
+
+    @property
+    def label(self) -> str:
+        """The metric-safe name: `name`, else the file stem or the last part of a hub id."""
+        raw = self.name or Path(self.train.rstrip("/")).stem or self.train
+        return re.sub(r"[^a-z0-9]+", "_", raw.lower()).strip("_") or "source"
+
+
 class DataSpec(_Strict):
-    train: str = Field(description="hub dataset id, local json/jsonl/csv/tsv/parquet file, or asset name")
-    format: Literal["alpaca", "prompt_completion", "messages"] | None = Field(None, description="sft only")
+    train: str | list[SourceSpec] = Field(description="hub dataset id, local json/jsonl/csv/tsv/parquet file, or "
+                                                      "asset name; sft: or a list of sources to mix")
+    format: SftFormat | None = Field(None, description="sft only")
     config: str | None = Field(None, description="hub dataset configuration (GLUE: the task)")
     glue_task: GlueTaskName | None = Field(None, description="classification: GLUE columns, labels, metrics")
     text_fields: list[str] | None = Field(None, description="classification: input column(s) of your own data")
@@ -126,6 +148,17 @@ class DataSpec(_Strict):
     max_length: int = Field(1024, ge=8)
     completion_only_loss: bool = True
     packing: bool = Field(False, description="sft: pack rows into max_length sequences (TRL's BFD, padding-free)")
+
+    @field_validator("train")
+    @classmethod
+    def _sources_are_distinct(cls, value: str | list[SourceSpec]) -> str | list[SourceSpec]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("list at least one source, or give one as a string")
+            labels = [source.label for source in value]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"sources named alike ({', '.join(labels)}): give each a distinct name")
+        return value
 
     @field_validator("text_fields", "train_envs", mode="before")
     @classmethod
@@ -322,6 +355,11 @@ class Recipe(_Strict):
                 raise ValueError(f"{', '.join(stray)} belong(s) to task {task}, not {self.task}")
         if isinstance(data.eval, dict) and not TASKS[self.task].eval_mapping:
             raise ValueError(f"data.eval: task {self.task} takes one held-out file or hub id, not a mapping")
+        if isinstance(data.train, list):
+            if self.task != "sft":
+                raise ValueError(f"data.train: a list of sources is built for task sft, not {self.task}")
+            if data.eval is not None:
+                raise ValueError("data.eval: with several sources, give each its own eval (data.train[i].eval)")
         if self.task == "sft" and data.format is None:
             raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
         if self.task == "classification" and not (data.glue_task or data.text_fields):
@@ -558,20 +596,22 @@ def _resolve_paths(document: dict[str, Any], origins: dict[str, str]) -> list[tu
         if not isinstance(node, dict):
             continue
         value = node.get(name)
-        entries = value.items() if isinstance(value, dict) else [(None, value)]
-        for sub, item in entries:
-            dotted = f"{key}.{sub}" if sub is not None else key
+        if isinstance(value, dict):  # data.eval: {name: file}
+            places = [(value, sub, f"{key}.{sub}") for sub in value]
+        elif isinstance(value, list):  # data.train: sources, each with its own train and eval
+            places = [(source, part, f"{key}.{index}.{part}") for index, source in enumerate(value)
+                      if isinstance(source, dict) for part in ("train", "eval")]
+        else:
+            places = [(node, name, key)]
+        for holder, slot, dotted in places:
+            item = holder.get(slot)
             if not isinstance(item, str) or not item.strip():
                 continue
             origin = origins.get(dotted) or origins.get(key, "")
             base = Path.cwd() if origin.startswith("--set") or not origin else Path(origin).parent
             if not _looks_local(key, item, base, document):
                 continue
-            absolute = os.path.abspath(base / Path(item).expanduser())
-            if sub is None:
-                node[name] = absolute
-            else:
-                value[sub] = absolute
+            holder[slot] = absolute = os.path.abspath(base / Path(item).expanduser())
             if not Path(absolute).exists():
                 missing.append((dotted, absolute))
     return missing

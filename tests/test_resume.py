@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import sft_recipe
+from conftest import corpus, sft_recipe, write_jsonl
 from safetensors.torch import load_file
 
 from asymtune.checkpoints import MARKER, newest_complete
@@ -53,12 +53,17 @@ def resumable_recipe(tiny_llama_dir, alpaca_file, write_recipe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["b-only", "packed-loraplus"])
+@pytest.mark.parametrize("variant", ["b-only", "packed-loraplus-mix"])
 def test_sigkill_then_resume_ends_with_the_adapter_and_metrics_of_an_uninterrupted_run(
     resumable_recipe, tmp_path, variant
 ):
-    if variant == "packed-loraplus":  # packed batches, both factors trained at their own rates (LoRA+)
+    if variant == "packed-loraplus-mix":  # packed batches of two weighted sources, both factors at own rates (LoRA+)
         document = yaml.safe_load(resumable_recipe.read_text())
+        texts = corpus(40, seed=7)
+        chat = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": texts[2 * i], "completion": texts[2 * i + 1]}
+                                                     for i in range(20)])
+        document["data"]["train"] = [{"train": document["data"]["train"]},
+                                     {"train": str(chat), "format": "prompt_completion", "weight": 2.0}]
         document["data"]["packing"] = True
         document["adapter"].update(A={"init": "kaiming_uniform", "trainable": True, "learning_rate": 5e-3},
                                    B={"init": "zero", "trainable": True}, lr_ratio=4)

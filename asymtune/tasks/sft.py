@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -19,18 +20,50 @@ from asymtune.report import console
 from asymtune.tasks.base import TaskFamily, evaluate_before_training
 
 
-def build_datasets(recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Train and eval splits of the recipe's data, as prompt/completion columns."""
+@dataclass(frozen=True)
+class SftData:
+    """Prompt/completion rows: the (mixed) training set, the eval set (every source's together) and, for a mix of
+    sources, each source's eval set by its label."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    by_source: dict[str, datasets.Dataset] = field(default_factory=dict)
+
+
+def build_datasets(recipe: Recipe) -> SftData:
+    """Train and eval splits of the recipe's data; several sources are split each on its own (eval rows drawn per
+    source), then mixed: each row once when the weights are equal, else drawn in proportion to the weights until
+    every source has given every row (datasets' interleave, seeded; lighter sources repeat)."""
     spec = recipe.data
 
-    def read(ref: str, split: str) -> datasets.Dataset:
-        return to_prompt_completion(load_table(ref, split, console.print, encoding=spec.encoding), spec.format, ref)
+    def read(ref: str, split: str, fmt: str, config: str | None = None) -> datasets.Dataset:
+        table = load_table(ref, split, console.print, config=config, encoding=spec.encoding)
+        return to_prompt_completion(table, fmt, ref)
 
-    train = read(spec.train, spec.split)
-    held_out = read(spec.eval, "validation") if spec.eval is not None else None
-    return train_eval_split(
-        train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples, spec.max_eval_samples
-    )
+    if isinstance(spec.train, str):
+        train = read(spec.train, spec.split, spec.format, spec.config)
+        held_out = read(spec.eval, "validation", spec.format) if spec.eval is not None else None
+        return SftData(*train_eval_split(train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples,
+                                         spec.max_eval_samples))
+    trains, evals = {}, {}
+    for source in spec.train:
+        fmt = source.format or spec.format
+        held_out = read(source.eval, "validation", fmt) if source.eval is not None else None
+        train, held = train_eval_split(read(source.train, source.split, fmt, source.config), held_out,
+                                       spec.eval_fraction, recipe.seed, None, spec.max_eval_samples)
+        trains[source.label] = train
+        if held is not None:
+            evals[source.label] = held
+    weights = [source.weight for source in spec.train]
+    if len(set(weights)) == 1:
+        mixed = datasets.concatenate_datasets(list(trains.values())).shuffle(seed=recipe.seed)
+    else:
+        mixed = datasets.interleave_datasets(list(trains.values()), [w / sum(weights) for w in weights],
+                                             seed=recipe.seed, stopping_strategy="all_exhausted")
+    if spec.max_train_samples is not None:
+        mixed = mixed.select(range(min(spec.max_train_samples, len(mixed))))
+    overall = datasets.concatenate_datasets(list(evals.values())) if evals else None
+    return SftData(mixed, overall, evals)
 
 
 def check_truncation(rows: int, kept: int, split: str, max_length: int) -> None:
@@ -83,22 +116,24 @@ class InstructionTuning(TaskFamily):
 
     task_type = "CAUSAL_LM"
 
-    def load_data(self, recipe: Recipe) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    def load_data(self, recipe: Recipe) -> SftData:
         return build_datasets(recipe)
 
-    def train_rows(self, data) -> int:
-        return len(data[0])
+    def train_rows(self, data: SftData) -> int:
+        return len(data.train)
 
-    def describe(self, data) -> str:
-        train_set, eval_set = data
-        return f"data: {len(train_set)} train rows, {len(eval_set) if eval_set is not None else 0} eval rows"
+    def describe(self, data: SftData) -> str:
+        line = f"data: {len(data.train)} train rows, {len(data.eval) if data.eval is not None else 0} eval rows"
+        if data.by_source:
+            line += " (" + ", ".join(f"{name} {len(rows)}" for name, rows in data.by_source.items()) + ")"
+        return line
 
     def load_model(self, recipe: Recipe, labels):
         return load_causal_lm(recipe.model, console.print)
 
     def make_trainer(self, recipe, model, processor, data, options, callbacks, optimizers) -> SFTTrainer:
         """SFTTrainer on our (Peft)Model (no peft_config), after checking truncation kept some rows."""
-        train_set, eval_set = data
+        train_set, eval_set = data.train, data.eval
         periodic_eval = eval_set is not None and recipe.train.eval_steps is not None
         best = recipe.train.early_stopping_patience is not None or recipe.train.keep_best
         if recipe.train.early_stopping_patience is not None:
@@ -131,8 +166,8 @@ class InstructionTuning(TaskFamily):
                           f"sequences of at most {recipe.data.max_length} tokens")
         return trainer
 
-    def before_training(self, trainer, data) -> dict[str, Any]:
-        if data[1] is None:
+    def before_training(self, trainer, data: SftData) -> dict[str, Any]:
+        if data.eval is None:
             return {}
         untrained = evaluate_before_training(trainer)
         return {"eval_loss_before": untrained["eval_loss"] if untrained else None}
@@ -146,10 +181,12 @@ class InstructionTuning(TaskFamily):
             metrics = {"train_tokens": tokens, "train_tokens_per_s": tokens / runtime if runtime else None}
         if trainer.padding_count.percent is not None:
             metrics["train_padding_percent"] = trainer.padding_count.percent
-        eval_set = data[1]
-        if eval_set is not None:
+        if data.eval is not None:
             loss = trainer.evaluate()["eval_loss"]
-            metrics.update(eval_loss=loss, eval_perplexity=perplexity(loss), eval_rows=len(eval_set))
+            metrics.update(eval_loss=loss, eval_perplexity=perplexity(loss), eval_rows=len(data.eval))
+        for name, rows in data.by_source.items():  # each source's own eval loss, beside the overall one
+            metrics[f"eval_{name}_loss"] = trainer.evaluate(eval_dataset=rows, metric_key_prefix=f"eval_{name}")[
+                f"eval_{name}_loss"]
         return metrics
 
 
