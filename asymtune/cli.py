@@ -40,8 +40,8 @@ def selection_options(command):
     of the paper's tables (compare, plot, report)."""
     for option in reversed([
         click.option("--latest", is_flag=True, help="Only the newest run of each recipe name."),
-        click.option("--group-by", help="Comma-separated recipe keys that define a variant (default: recipe minus "
-                                        "seeds)."),
+        click.option("--group-by", callback=lambda ctx, param, value: value.split(",") if value else None,
+                     help="Comma-separated recipe keys that define a variant (default: recipe minus seeds)."),
         click.option("--no-group", is_flag=True, help="One row, line or bar per run: no averaging over seeds."),
         click.option("--paper", type=click.Choice([f"table{i}" for i in range(1, 6)]),
                      help="The paper's reported values of this table: rows beside the runs (plot: markers)."),
@@ -202,7 +202,7 @@ def compare(run_refs, latest, group_by, no_group, baseline, output_format, paper
     RUN_REFS: run folders, folders of runs, globs, or recipe names (their newest run under --output-dir)."""
     from asymtune import compare as comparison
 
-    built = comparison.build(list(run_refs), Path(output_dir), latest, group_by.split(",") if group_by else None,
+    built = comparison.build(list(run_refs), Path(output_dir), latest, group_by,
                              no_group, baseline, paper)
     if output_format == "table":
         results.print(comparison.to_table(built.rows, built.baseline, built.title, results.width))
@@ -225,7 +225,7 @@ def plot(run_refs, metrics, output_path, latest, group_by, no_group, paper, outp
     from asymtune.plotting.plot import plot as draw_plot
 
     written = draw_plot(list(run_refs), Path(output_dir), Path(output_path), list(metrics) or None, latest,
-                        group_by.split(",") if group_by else None, no_group, paper)
+                        group_by, no_group, paper)
     console.print(f"wrote {written}", highlight=False)
 
 
@@ -241,8 +241,8 @@ def report_command(run_refs, output_path, metrics, latest, group_by, no_group, p
     from asymtune import html_report
 
     written = html_report.write(list(run_refs), Path(output_dir), Path(output_path), list(metrics) or None, latest,
-                                group_by.split(",") if group_by else None, no_group, paper)
-    console.print(f"wrote {written.path}: {written.runs} runs ({html_report.statuses_line(written)}), "
+                                group_by, no_group, paper)
+    console.print(f"wrote {written.path}: {written.runs} runs ({written.statuses_line}), "
                   f"{written.rows} rows", highlight=False)
 
 
@@ -261,19 +261,11 @@ def sweep(recipe_file, seeds, grid, overrides, report_path, output_dir) -> None:
     from asymtune import compare as comparison
     from asymtune import sweep as sweeps
 
-    root = Path(output_dir)
-    report_file = None
-    if report_path is not None:
-        report_file = Path(report_path) if report_path else sweeps.default_report(Path(recipe_file), root)
-    swept = sweeps.sweep(Path(recipe_file), sweeps.parse_seeds(seeds), sweeps.parse_grid(grid), overrides, root, log,
-                         report_file)
+    swept = sweeps.sweep(Path(recipe_file), sweeps.parse_seeds(seeds), sweeps.parse_grid(grid), overrides,
+                         Path(output_dir), log, report_path)
     results.print(comparison.to_table(swept.rows, None, f"Sweep of {recipe_file}"))
-    refs = " ".join(sweeps.sweep_refs(swept.jobs, root))
-    if swept.report:
-        console.print(f"report: {swept.report}", highlight=False, soft_wrap=True)
-    else:
-        console.print(f"report: asymtune report {refs} --output report.html (or sweep --report)", highlight=False,
-                      soft_wrap=True)
+    where = swept.report or f"asymtune report {' '.join(swept.refs)} --output report.html (or sweep --report)"
+    console.print(f"report: {where}", highlight=False, soft_wrap=True)
     if swept.failed:
         raise RunEnded(f"{len(swept.failed)} of {len(swept.jobs)} runs failed: {'; '.join(swept.failed)}", exit_code=1)
 
@@ -311,17 +303,11 @@ def theory(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, 
 
     from asymtune.analysis import theory as th
 
-    grid = th.parse_grid(dims, ranks, input_ranks)
-    gaps = [th.asymmetry_gap(d, r, x, trials, noise, seed) for d, r, x in track(grid, "sampling", console=console)]
-    results.print(report.theory_table(trials, noise, gaps))
-    if run_ref:
-        run = runs.resolve_one(run_ref, Path(output_dir), "--run")
-        ratios, rank = th.run_bound_ratios(run)
-        results.print(report.bound_ratios_line(str(run.path), ratios, rank), highlight=False)
-    if recipe_file:
-        recipe = recipes.load(recipe_file)
-        ratios = th.recipe_bound_ratios(recipe, recipe_file, log)
-        results.print(report.bound_ratios_line(recipe_file, ratios, recipe.adapter.rank), highlight=False)
+    found = th.study(dims, ranks, input_ranks, trials, noise, seed, run_ref, recipe_file, Path(output_dir), log,
+                     lambda grid: track(grid, "sampling", console=console))
+    results.print(report.theory_table(trials, noise, found.gaps))
+    for bound in found.bounds:
+        results.print(report.bound_ratios_line(bound.source, bound.ratios, bound.rank), highlight=False)
 
 
 @main.command()

@@ -388,7 +388,9 @@ def _group_row(members: list[Member]) -> Row:
     else:
         adapter = recipes.AdapterSpec.model_validate(document["adapter"])
         row.method, row.rank = method_name(adapter), adapter.rank
-        rates = rates_text(adapter, float(document.get("train", {}).get("learning_rate", 2e-4)))
+        learning_rate = (document.get("train") or {}).get("learning_rate",
+                                                          recipes.TrainSpec.model_fields["learning_rate"].default)
+        rates = rates_text(adapter, float(learning_rate))
         row.factors = f"A {adapter.A.label}, B {adapter.B.label}" + (f"; {rates}" if rates else "") \
             if adapter.method == "lora" else ""
         row.label, row.task = document["name"], str(document.get("task", ""))

@@ -47,36 +47,49 @@ details { margin: .3em 0; } summary { cursor: pointer; } pre { background: #f7f7
 
 @dataclass(frozen=True)
 class Written:
+    """A report: where it is, how many runs and rows (paper rows not counted) it shows, runs per status."""
+
     path: Path
     runs: int
     rows: int
     statuses: dict[str, int]
+
+    @property
+    def statuses_line(self) -> str:
+        """e.g. '47 completed, 3 failed'."""
+        return ", ".join(f"{count} {status}" for status, count in self.statuses.items())
 
 
 def write(refs: list[str], root: Path, output: Path, metrics: list[str] | None = None, latest: bool = False,
           group_by: list[str] | None = None, per_run: bool = False, paper: str | None = None,
           command: list[str] | None = None) -> Written:
     """Build the report on the runs `refs` name (see runs.resolve) and write it to `output`."""
+    check_output(output)
+    return save(compare.build(refs, root, latest, group_by, per_run, None, paper), output, metrics, command)
+
+
+def check_output(output: Path) -> None:
     if output.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--output {output}: the report is an .html file")
-    comparison = compare.build(refs, root, latest, group_by, per_run, None, paper)
-    page = render(comparison, metrics, command or sys.argv)
-    atomic.write_text(output, page)
-    runs = [run for row in comparison.rows for run in row.runs]
-    return Written(output, len(runs), sum(row.method != "paper" for row in comparison.rows),
-                   dict(Counter(row.status for row in comparison.rows for _ in row.runs)))
 
 
-def render(comparison: Comparison, metrics: list[str] | None, command: list[str]) -> str:
-    """The report's HTML."""
-    runs = [RunDir(Path(path)) for row in comparison.rows for path in row.runs]
+def save(comparison: Comparison, output: Path, metrics: list[str] | None = None,
+         command: list[str] | None = None) -> Written:
+    """Write the report on an already built comparison to `output`."""
     statuses = Counter(row.status for row in comparison.rows for _ in row.runs)
-    summary = ", ".join(f"{count} {status}" for status, count in statuses.most_common())
+    written = Written(output, sum(statuses.values()), sum(row.method != "paper" for row in comparison.rows),
+                      dict(statuses.most_common()))
+    atomic.write_text(output, render(comparison, metrics, command or sys.argv, written))
+    return written
+
+
+def render(comparison: Comparison, metrics: list[str] | None, command: list[str], written: Written) -> str:
+    """The report's HTML; `written` says what it holds (for its header)."""
+    runs = [RunDir(Path(path)) for row in comparison.rows for path in row.runs]
     sections = [
         f"<h1>{_e(comparison.title if comparison.title != 'Runs' else 'asymtune report')}</h1>",
-        f"<p class=meta>{len(runs)} runs in {sum(row.method != 'paper' for row in comparison.rows)} rows "
-        f"({_e(summary)}) · made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>{_e(' '.join(command))}"
-        "</code></p>",
+        f"<p class=meta>{written.runs} runs in {written.rows} rows ({_e(written.statuses_line)}) · made "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by <code>{_e(' '.join(command))}</code></p>",
         "<h2>Comparison</h2>", table(comparison),
         "<h2>Figures</h2>", figure_section(comparison, metrics),
         "<h2>Runs</h2>", runs_section(comparison),
@@ -209,7 +222,4 @@ def _version(library: str) -> str:
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
-
-def statuses_line(written: Written) -> str:
-    return ", ".join(f"{count} {status}" for status, count in written.statuses.items())
 

@@ -60,11 +60,11 @@ def train(
     missing = missing_extras(recipe.task)
     if missing:
         raise UserError(f"task {recipe.task} needs {', '.join(missing)}")
+    source = recipe_file if resume_dir is None else stopped.recipe_file
     if recipe.train.liger_kernel:
-        check_liger(recipe_file if resume_dir is None else stopped.recipe_file)
+        check_liger(source)
     absent_trackers = trackers.missing(recipe.train.report_to)
     if absent_trackers:
-        source = recipe_file if resume_dir is None else stopped.recipe_file
         raise UserError(f"{source}: train.report_to: {'; '.join(absent_trackers)}")
     if resume_dir is None:
         recipe = fit_to_model(recipe, str(recipe_file), log)

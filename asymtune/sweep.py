@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import recipe as recipes
-from asymtune.compare import Row, collect
-from asymtune.runs import RunDir, resolve
+from asymtune.compare import Row, build
+from asymtune.runs import RunDir
 
 
 @dataclass(frozen=True)
@@ -91,32 +91,34 @@ def sweep_refs(jobs: list[Job], root: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Swept:
-    """A finished sweep: its jobs, the compare rows of its runs, the jobs that failed, the report written."""
+    """A finished sweep: its jobs, the folders of its runs, their compare rows, the jobs that failed, and the report
+    written (None: not asked for, or no run to report on)."""
 
     jobs: list[Job]
+    refs: list[str]
     rows: list[Row]
     failed: list[str]
     report: Path | None
 
 
 def sweep(recipe_file: Path, seeds: list[int], grid: list[tuple[str, list[str]]], overrides: tuple[str, ...],
-          root: Path, log: Callable[[str], None], report: Path | None = None) -> Swept:
-    """Plan and validate every job, train those not done, compare the sweep's runs and, with `report`, write the
-    HTML report on them there (failed runs included)."""
+          root: Path, log: Callable[[str], None], report: str | None = None) -> Swept:
+    """Plan and validate every job, train those not done, compare the sweep's runs and, with `report` (a file, or ''
+    for ROOT/<recipe file stem>-report.html), write the HTML report on them (failed runs included)."""
     from asymtune import html_report
 
+    report_file = None if report is None else Path(report) if report else root / f"{recipe_file.stem}-report.html"
+    if report_file is not None:
+        html_report.check_output(report_file)
     jobs = plan(recipe_file, seeds, grid, overrides)
     failed = run_all(recipe_file, jobs, root, log)
     refs = sweep_refs(jobs, root)
-    rows = collect(resolve(refs, root), None) if refs else []
-    if report is not None and refs:
-        html_report.write(refs, root, report)
-    return Swept(jobs, rows, failed, report if refs else None)
-
-
-def default_report(recipe_file: Path, root: Path) -> Path:
-    """Where `sweep --report` writes without a file name: ROOT/<recipe file stem>-report.html."""
-    return root / f"{recipe_file.stem}-report.html"
+    if not refs:
+        return Swept(jobs, refs, [], failed, None)
+    comparison = build(refs, root)
+    if report_file is not None:
+        html_report.save(comparison, report_file)
+    return Swept(jobs, refs, comparison.rows, failed, report_file)
 
 
 def parse_seeds(text: str) -> list[int]:

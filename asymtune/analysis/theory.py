@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -196,3 +197,40 @@ def recipe_bound_ratios(trained: Recipe, source: str, log: Callable[[str], None]
     if not dims:
         raise TheoryError(f"{source}: adapter.targets {trained.adapter.targets} match no linear layer")
     return BoundRatios(sum_d_in=sum(d_in for _, d_in in dims), sum_d_out=sum(d_out for d_out, _ in dims))
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Lemma 4.5's ratios for one source (a run folder or a recipe file) at its adapter rank."""
+
+    source: str
+    ratios: BoundRatios
+    rank: int
+
+
+@dataclass(frozen=True)
+class Study:
+    """What `asymtune theory` shows: the least-squares gaps per grid point and any Lemma 4.5 bounds asked for."""
+
+    gaps: list[GapResult]
+    bounds: list[Bound]
+
+
+def study(dims: str, ranks: str, input_ranks: str, trials: int, noise: float, seed: int, run_ref: str | None,
+          recipe_file: str | None, root: Path, log: Callable[[str], None],
+          progress: Callable[[list], Iterable] = iter) -> Study:
+    """The gaps over the (d, r, input rank) grid (iterated through `progress`, e.g. a progress bar) and the bound
+    ratios of `run_ref` (a run, as runs.resolve reads it) and of `recipe_file`, when given."""
+    from asymtune import recipe as recipes
+    from asymtune.runs import resolve_one
+
+    grid = parse_grid(dims, ranks, input_ranks)
+    bounds = []  # before any sampling: a bad grid, run or recipe fails at once
+    if run_ref:
+        run = resolve_one(run_ref, root, "--run")
+        ratios, rank = run_bound_ratios(run)
+        bounds.append(Bound(str(run.path), ratios, rank))
+    if recipe_file:
+        trained = recipes.load(recipe_file)
+        bounds.append(Bound(recipe_file, recipe_bound_ratios(trained, recipe_file, log), trained.adapter.rank))
+    return Study([asymmetry_gap(d, r, x, trials, noise, seed) for d, r, x in progress(grid)], bounds)

@@ -86,11 +86,9 @@ def figure(panels: Panels) -> Figure:
 
 
 def save(drawn: Figure, path: Path) -> Path:
-    """Write the figure as PNG or SVG, chosen by the suffix of `path`."""
+    """Write the figure as PNG or SVG, chosen by the suffix of `path` (one of FORMATS: `plot` checks it first)."""
     from matplotlib import rc_context
 
-    if path.suffix.lower() not in FORMATS:
-        raise PlotError(f"--output {path}: give a .png or .svg file")
     path.parent.mkdir(parents=True, exist_ok=True)
     with rc_context(SVG_TEXT):
         drawn.savefig(path, dpi=110)
