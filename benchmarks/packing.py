@@ -1,10 +1,12 @@
 """Padded vs packed SFT training on the quickstart data: tokens/s, padding waste and eval loss over seeds.
 
-    python benchmarks/packing.py [--seeds 0,1,2] [--steps 40] [--packed-batch-size 2] [--output-dir runs/packing]
+    python benchmarks/packing.py [--seeds 0,1,2] [--steps 40] [--packed-batch-size 2] [--packed-grad-accum 1]
+                                 [--output-dir runs/packing]
 
 Each seed trains recipes/quickstart_b_only.yaml twice, padded (train.batch_size 4) and packed (data.packing, the
-packs of at most data.max_length tokens in batches of --packed-batch-size), alternating so both see the same machine
-state; prints one JSON line per run and a markdown table of mean ± std per setting."""
+packs of at most data.max_length tokens in batches of --packed-batch-size, --packed-grad-accum batches a step),
+alternating so both see the same machine state; prints one JSON line per run and a markdown table of mean ± std per
+setting."""
 
 from __future__ import annotations
 
@@ -34,11 +36,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--packed-batch-size", type=int, default=2)
+    parser.add_argument("--packed-grad-accum", type=int, default=1)
     parser.add_argument("--output-dir", default="runs/packing")
     args = parser.parse_args()
     root = Path(args.output_dir)
     settings = {"padded": ["data.packing=false", "train.batch_size=4"],
-                "packed": ["data.packing=true", f"train.batch_size={args.packed_batch_size}"]}
+                "packed": ["data.packing=true", f"train.batch_size={args.packed_batch_size}",
+                           f"train.grad_accum={args.packed_grad_accum}"]}
     found: dict[str, list[dict]] = {name: [] for name in settings}
     for seed in (int(s) for s in args.seeds.split(",")):
         for setting, extra in settings.items():
