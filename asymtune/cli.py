@@ -333,6 +333,28 @@ def export(source, compact_dir, peft_dir, merged_dir, output_dir, trust_remote_c
     console.print(f"wrote {target} ({size / 2**20:.2f} MiB)", highlight=False)
 
 
+@main.command()
+@click.argument("run_refs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--weights", "weights_text", metavar="W1,W2,...",
+              help="One weight per RUN (default: equal, summing to 1).")
+@click.option("--combination", default="auto", show_default=True, type=click.Choice(["auto", "exact", "svd", "cat"]),
+              help="auto: exact when the adapters share A, else PEFT's svd; exact: refuse unless they share A; "
+                   "svd / cat: PEFT's add_weighted_adapter (rank r lossy / rank sum exact).")
+@click.option("--name", help="The merged run's name (default: merge-<names of the runs>).")
+@click.option("--output", "output_path", type=click.Path(file_okay=False),
+              help="The merged run's folder (default: a new run under --output-dir).")
+@RUNS_ROOT
+@TRUST_REMOTE_CODE
+def merge(run_refs, weights_text, combination, name, output_path, output_dir, trust_remote_code) -> None:
+    """Merge trained adapters into one, written as a run. Adapters sharing a frozen A (same adapter seed,
+    targets, rank) merge exactly at their rank: B = sum of w_i B_i."""
+    from asymtune import merging
+
+    merged = merging.merge(list(run_refs), weights_text, combination, name, Path(output_path) if output_path else None,
+                           Path(output_dir), sys.argv, log, trust_remote_code)
+    results.print(report.merge_table(merged))
+
+
 def sampling_options(command):
     """--max-new-tokens, --temperature, --top-p, --seed, --template: how a causal LM answers."""
     for option in reversed([
@@ -362,25 +384,28 @@ def inference_options(command):
 
 
 @main.command()
-@click.argument("run_ref", metavar="RUN")
+@click.argument("run_refs", nargs=-1, required=True, metavar="RUN...")
 @click.option("--input", "input_path", required=True, type=click.Path(),
-              help="Rows in the format the run trained on (a table file; for image runs an image or a folder).")
+              help="Rows in the format the run trained on (a table file; for image runs an image or a folder); "
+                   "with several runs, an 'adapter' column naming each row's run.")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False),
               help="Where results go: .jsonl or .csv (default: INPUT_NAME.predictions.jsonl here).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @sampling_options
 @inference_options
-def predict(run_ref, input_path, output_path, batch_size, max_new_tokens, temperature, top_p, seed, template,
+def predict(run_refs, input_path, output_path, batch_size, max_new_tokens, temperature, top_p, seed, template,
             no_merge, device, output_dir, trust_remote_code) -> None:
     """Label, summarize or complete every row of a file with a trained run (or export).
 
     Classification and image runs give each class's probability; seq2seq the generated target; sft the
-    completion of each prompt. With answers in the file (labels, targets, class folders), also the score."""
+    completion of each prompt. With answers in the file (labels, targets, class folders), also the score.
+    Several sft runs of one base model: one model in memory, each row answered by the run its 'adapter' column
+    names, mixed batches in one pass (x·Aᵀ once per layer when the runs share a frozen A)."""
     from asymtune.inference.predict import predict as run_predict
     from asymtune.inference.predictors import Options
 
     options = Options(batch_size, Sampling(max_new_tokens, temperature, top_p, seed))
-    made = run_predict(run_ref, Path(input_path), Path(output_path) if output_path else None, Path(output_dir),
+    made = run_predict(list(run_refs), Path(input_path), Path(output_path) if output_path else None, Path(output_dir),
                        options, not no_merge, trust_remote_code, device, log)
     results.print(report.predictions_table(made))
     if made.score:
@@ -395,16 +420,18 @@ def predict(run_ref, input_path, output_path, batch_size, max_new_tokens, temper
 @click.option("--prompt", "prompt_texts", multiple=True, help="A question (repeatable).")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), help="A text file, one prompt per line.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--together", is_flag=True, help="Load the base model once and answer with every run's adapter in "
+              "mixed batches (x·Aᵀ once per layer when the runs share a frozen A).")
 @sampling_options
 @inference_options
-def generate(run_refs, base_model, prompt_texts, input_path, batch_size, max_new_tokens, temperature, top_p, seed,
-             template, no_merge, device, output_dir, trust_remote_code) -> None:
+def generate(run_refs, base_model, prompt_texts, input_path, batch_size, together, max_new_tokens, temperature, top_p,
+             seed, template, no_merge, device, output_dir, trust_remote_code) -> None:
     """Answer prompts with causal-LM runs (and/or --base), side by side."""
     from asymtune.inference import generate as generating
 
     made = generating.answers(list(run_refs), base_model, list(prompt_texts), Path(output_dir),
                               Sampling(max_new_tokens, temperature, top_p, seed), template, not no_merge, batch_size,
-                              trust_remote_code, device, log, Path(input_path) if input_path else None)
+                              trust_remote_code, device, log, Path(input_path) if input_path else None, together)
     results.print(report.answers_table(made.prompts, made.by_model))
 
 
@@ -435,7 +462,7 @@ def chat(run_ref, base_model, max_new_tokens, temperature, top_p, seed, template
 
 
 @main.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_refs", metavar="[RUN]...", nargs=-1)
 @click.option("--base", "base_model", help="Serve this base model (hub id, folder, asset) instead of a run.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
@@ -443,12 +470,15 @@ def chat(run_ref, base_model, max_new_tokens, temperature, top_p, seed, template
 @click.option("--template", default="auto", show_default=True, type=click.Choice(["auto", *PROMPT_STYLES]),
               help="How chat requests become prompts; auto: as the run trained.")
 @inference_options
-def serve(run_ref, base_model, host, port, served_name, template, no_merge, device, output_dir,
+def serve(run_refs, base_model, host, port, served_name, template, no_merge, device, output_dir,
           trust_remote_code) -> None:
-    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models; streaming) for a run."""
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models; streaming) for a run.
+
+    Several sft runs of one base model: one model in memory, each run's adapter under its recipe's name (the
+    request's `model` picks it; x·Aᵀ shared when the runs share a frozen A)."""
     from asymtune.inference import serve as serving
 
-    name = serving.run(run_ref, base_model, Path(output_dir), host, port, served_name, template, not no_merge,
+    name = serving.run(list(run_refs), base_model, Path(output_dir), host, port, served_name, template, not no_merge,
                        trust_remote_code, device, log)
     console.print(f"stopped serving {name}", highlight=False)
 

@@ -84,6 +84,22 @@ def rates_text(adapter: recipes.AdapterSpec, learning_rate: float) -> str:
     return "lr " + ", ".join(f"{name} {rates[name]:.3g}" for name in "AB" if getattr(adapter, name).trainable)
 
 
+def family_of(document: dict[str, Any] | None) -> str | None:
+    """The adapter family of a stored recipe document (`recipe.family_id`)."""
+    if document is None:
+        return None
+    return recipes.family_id(recipes.ModelSpec.model_validate(document["model"]),
+                             recipes.AdapterSpec.model_validate(document["adapter"]))
+
+
+def merge_label(run: RunDir) -> str | None:
+    """'merge of 2 (shared-A)' for a run `asymtune merge` wrote (its merge.json), else None."""
+    record = run.read_json("merge.json")
+    if record is None:
+        return None
+    return f"merge of {len(record.get('sources') or [])} ({record.get('combination', '?')})"
+
+
 def run_metrics(run: RunDir) -> dict[str, float]:
     """Every numeric metric of a run: metrics.json's scalars and the eval/ summaries."""
     metrics = {k: float(v) for k, v in (run.read_json("metrics.json") or {}).items()
@@ -393,6 +409,10 @@ def _group_row(members: list[Member]) -> Row:
         rates = rates_text(adapter, float(learning_rate))
         row.factors = f"A {adapter.A.label}, B {adapter.B.label}" + (f"; {rates}" if rates else "") \
             if adapter.method == "lora" else ""
+        families = {family_of(member.document) for member in members}
+        if len(families) == 1 and None not in families:
+            row.factors += f"; family {families.pop()}"
+        row.method = merge_label(first_run) or row.method
         row.label, row.task = document["name"], str(document.get("task", ""))
         params = (first_run.read_json("metrics.json") or {}).get("parameters", {})
         row.trainable, row.trainable_percent = params.get("trainable"), params.get("trainable_percent")

@@ -11,6 +11,8 @@ key, so the CLI can print it and exit 2 without a traceback.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import re
 import typing
@@ -36,6 +38,7 @@ KEY_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "epoch": "epochs", "wd
                "steps": "max_steps", "r": "rank", "lora_alpha": "alpha", "target_modules": "targets",
                "gradient_accumulation_steps": "grad_accum", "lora_dropout": "dropout"}
 FactorInit = Literal["orthogonal", "kaiming_uniform", "gaussian", "zero", "svd"]
+SEEDED_INITS = ("orthogonal", "kaiming_uniform", "gaussian", "zero")  # drawn from the adapter seed alone (svd reads W0)
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
 
 
@@ -346,6 +349,11 @@ class Recipe(_Strict):
     train: TrainSpec = TrainSpec()
     generation: GenerationSpec = GenerationSpec()
 
+    @property
+    def family(self) -> str | None:
+        """The id of this run's adapter family (`family_id`), None when its A is not a frozen seeded draw."""
+        return family_id(self.model, self.adapter)
+
     @model_validator(mode="after")
     def _data_fits_task(self) -> Recipe:
         data = self.data
@@ -446,6 +454,15 @@ def catalogue(root: Path) -> list[tuple[str, str]]:
     if not entries:
         raise RecipeError(f"{root}: no recipes found")
     return entries
+
+
+def family_id(model: ModelSpec, adapter: AdapterSpec) -> str | None:
+    """A short id shared by the runs whose frozen A is one draw (same base model, adapter seed, targets, rank and A
+    init; A frozen and drawn from the seed): their adapters merge exactly and share x·Aᵀ at inference."""
+    if adapter.method != "lora" or adapter.A.trainable or adapter.A.init not in SEEDED_INITS:
+        return None
+    drawn = [model.name, model.gguf_file, adapter.seed, adapter.targets, adapter.rank, adapter.A.init]
+    return hashlib.sha256(json.dumps(drawn).encode()).hexdigest()[:6]
 
 
 def to_yaml(recipe: Recipe) -> str:

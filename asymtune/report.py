@@ -132,3 +132,19 @@ def predictions_table(predictions: Any, shown: int = 5) -> Table:
             cells.append(f"{row['probabilities'][row['label']]:.3f}")
         table.add_row(*cells)
     return table
+
+
+def merge_table(merged: Any) -> Table:
+    """What `asymtune merge` wrote (a `merging.Merged`): how it merged, the rank, and its error against Σ wᵢ·ΔWᵢ."""
+    table = Table(title=f"merged into {merged.run.path}")
+    table.add_column("")
+    table.add_column("value")
+    how = "exact: one shared A, B = Σ wᵢ·Bᵢ" if merged.combination == "shared-A" else (
+        f"PEFT add_weighted_adapter ({merged.combination}), {'exact' if merged.exact else 'not exact'}")
+    table.add_row("combination", how)
+    if merged.not_shared:
+        table.add_row("why not shared A", escape(merged.not_shared))
+    table.add_row("rank", str(merged.rank))
+    table.add_row("max |ΔW error|", f"{merged.error.max_abs:.3g}")
+    table.add_row("‖ΔW error‖ / ‖Σ wᵢ·ΔWᵢ‖", f"{merged.error.relative:.3g}")
+    return table

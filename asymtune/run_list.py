@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asymtune import recipe as recipes
-from asymtune.compare import method_name, rates_text
+from asymtune.compare import merge_label, method_name, rates_text
 from asymtune.evaluation.run_eval import read_evaluations
 from asymtune.registry import headline_metric
 from asymtune.runs import RunDirError, resolve
@@ -32,14 +32,16 @@ def summaries(root: Path) -> list[RunLine]:
         try:
             status = run.read_json("status.json") or {}
             metrics = {**(run.read_json("metrics.json") or {}), **read_evaluations(run)}
+            merged = merge_label(run)
         except RunDirError as error:
             lines.append(RunLine(label, "unreadable", "-", "-", age, str(error)))
             continue
         try:
             recipe = recipes.load(run.recipe_file, check_files=False)
-            task, method = recipe.task, method_name(recipe.adapter)
+            task, method = recipe.task, merged or method_name(recipe.adapter)
             rates = rates_text(recipe.adapter, recipe.train.learning_rate)
             method += f" ({rates})" if rates else ""
+            method += f", family {recipe.family}" if recipe.family else ""
         except recipes.RecipeError:
             task, method = "-", "base model" if "base_model" in status else "-"
         best = headline_metric(metrics, task)

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -185,3 +186,29 @@ def sft_recipe(model_dir: Path, data_file: Path, **adapter) -> dict:
         },
         "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01, "logging_steps": 1},
     }
+
+
+@contextlib.contextmanager
+def serving(app):
+    """`app` behind uvicorn on a free loopback port for the block; yields its /v1 base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)

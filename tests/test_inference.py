@@ -2,15 +2,12 @@
 
 import json
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import alpaca_rows, sft_recipe, write_jsonl
+from conftest import alpaca_rows, serving, sft_recipe, write_jsonl
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -163,32 +160,14 @@ def test_chat_history_reaches_the_prompt(sft_run, tmp_path):
     assert [m["content"] for m in seen[1]] == ["hello", turns[0].text, "again"]
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def served(sft_run, tmp_path):
     """The run behind transformers' server on a loopback port, through `serve.build_app`."""
-    import uvicorn
-
     from asymtune.inference import serve
 
     model = causal.open_run(str(sft_run.path), sft_run.path.parent, tmp_path, log=lambda _: None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(serve.build_app(model, "tiny"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
+    with serving(serve.build_app({"tiny": model})) as url:
+        yield url
 
 
 def test_served_answers_through_the_openai_client_equal_generate(served, sft_run):

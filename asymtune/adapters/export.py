@@ -20,12 +20,11 @@ from asymtune import atomic
 from asymtune.adapters.init import fingerprint, make_factor, same_draw
 from asymtune.adapters.lora import ADAPTER_LABELS_FILE, ADAPTER_SPEC_FILE, PEFT_PREFIX, read_spec, read_weights
 from asymtune.errors import UserError
-from asymtune.recipe import AdapterSpec
+from asymtune.recipe import SEEDED_INITS, AdapterSpec
 
 COMPACT_FILE = "compact.json"
 RECIPE_FILE = "asymtune_recipe.yaml"  # the run's recipe in every export, so inference knows the task and data format
 WEIGHTS = "adapter_model.safetensors"
-SEEDED_INITS = {"orthogonal", "kaiming_uniform", "gaussian", "zero"}
 
 
 class ExportError(UserError):
@@ -40,7 +39,7 @@ def _modules(weights: dict[str, torch.Tensor]) -> list[str]:
     return sorted({k.removeprefix(PEFT_PREFIX).rsplit(".lora_", 1)[0] for k in weights if ".lora_A." in k})
 
 
-def _seeded_factors(spec: AdapterSpec) -> list[str]:
+def seeded_factors(spec: AdapterSpec) -> list[str]:
     """Factors the compact form stores as a spec: frozen and drawn from the seed alone."""
     return [f for f in ("A", "B") if not getattr(spec, f).trainable and getattr(spec, f).init in SEEDED_INITS]
 
@@ -51,7 +50,7 @@ def write_compact(adapter_dir: Path, target: Path, recipe_file: Path | None = No
     spec = read_spec(adapter_dir)
     if spec is None:
         raise ExportError(f"{adapter_dir}: no {ADAPTER_SPEC_FILE}; only adapters trained by asymtune can be compacted")
-    seeded = _seeded_factors(spec)
+    seeded = seeded_factors(spec)
     if not seeded:
         raise ExportError(f"{adapter_dir}: no frozen seeded factor (A {spec.A.label}, B {spec.B.label}); "
                           "the compact form would equal the PEFT form")

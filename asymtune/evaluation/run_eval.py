@@ -16,6 +16,7 @@ from asymtune.errors import UserError
 from asymtune.runs import RunDir, RunDirError
 
 MMLU_FILE = "mmlu.json"
+TASK_FILE = "task.json"  # `asymtune eval RUN` without --mmlu (evaluation/task_metrics.py)
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,16 @@ def run_mmlu(run: RunDir, options: dict[str, Any], log, trust_remote_code: bool 
 
 
 def read_evaluations(run: RunDir) -> dict[str, float]:
-    """Flat metrics from RUN/eval/*.json summaries, e.g. {'mmlu_stem': 0.41, 'mmlu_average': 0.45}."""
+    """Flat metrics from RUN/eval/: the task metrics `asymtune eval` computed again (eval/task.json, e.g. a merged
+    run's eval losses) and the MMLU summary, e.g. {'eval_loss': 2.1, 'mmlu_stem': 0.41, 'mmlu_average': 0.45}."""
+    task = run.read_json(f"eval/{TASK_FILE}") or {}
+    scalars = {k: float(v) for k, v in task.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     record = run.read_json(f"eval/{MMLU_FILE}")
     if record is None:
-        return {}
+        return scalars
     summary = record.get("summary")
     if not isinstance(summary, dict) or not all(
         isinstance(value, dict) and isinstance(value.get("acc"), (int, float)) for value in summary.values()
     ):
         raise RunDirError(f"{run.path / 'eval' / MMLU_FILE}: damaged, no summary of accuracies")
-    return {f"mmlu_{name}": value["acc"] for name, value in summary.items()}
+    return {**scalars, **{f"mmlu_{name}": value["acc"] for name, value in summary.items()}}

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from asymtune import atomic, recipe
-from asymtune.evaluation.run_eval import latest_run
+from asymtune.evaluation.run_eval import TASK_FILE, latest_run
 from asymtune.runs import RunDir, RunDirError, resolve
 from asymtune.tasks.base import evaluate_saved, family
-
-TASK_FILE = "task.json"
 
 
 def rerun(run: RunDir, trust_remote_code: bool = False) -> tuple[recipe.Recipe, dict[str, Any]]:

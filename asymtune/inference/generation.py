@@ -38,8 +38,9 @@ class Completions:
 
 
 def complete(model, tokenizer, prompts: list[list[int]], sampling: Sampling, batch_size: int = 8,
-             description: str = "generating") -> Completions:
-    """The answer to each tokenized prompt, in order, `batch_size` prompts per `generate` call."""
+             description: str = "generating", adapter_names: list[str] | None = None) -> Completions:
+    """The answer to each tokenized prompt, in order, `batch_size` prompts per `generate` call; with
+    `adapter_names` (one per prompt, a PEFT model holding them), each prompt answered by its own adapter."""
     set_seed(sampling.seed)
     config = sampling.config(model, tokenizer.pad_token_id)
     ends = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
@@ -49,8 +50,9 @@ def complete(model, tokenizer, prompts: list[list[int]], sampling: Sampling, bat
     starts = range(0, len(prompts), batch_size)
     for start in track(starts, description=description, console=console, disable=len(starts) < 2):
         batch = _left_padded(prompts[start:start + batch_size], tokenizer.pad_token_id, model.device)
+        routed = {"adapter_names": adapter_names[start:start + batch_size]} if adapter_names else {}
         with torch.no_grad():
-            output = model.generate(**batch, generation_config=config)
+            output = model.generate(**batch, generation_config=config, **routed)
         new = output[:, batch["input_ids"].shape[1]:]
         generated += [_up_to_end(row.tolist(), ends) for row in new]
         answers += tokenizer.batch_decode(new, skip_special_tokens=True)

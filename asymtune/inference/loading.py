@@ -90,6 +90,23 @@ def from_run(run: RunDir, trust_remote_code: bool = False) -> Trained:
     return Trained(name, trained, run.adapter_dir, None, run.labels())
 
 
+def check_one_base(refs: list[str], trained: list[Trained], what: str) -> None:
+    """SourceError unless every source is an adapter (not a whole model) for the first one's base model and task;
+    `what` (e.g. "merge") says what they are for."""
+    first = trained[0].recipe
+    for ref, source in zip(refs, trained, strict=True):
+        if source.adapter_dir is None:
+            raise SourceError(f"{ref}: a whole model ({source.recipe.adapter.method}), not an adapter; {what} takes "
+                              "adapters")
+        model, task = source.recipe.model, source.recipe.task
+        if (model.name, model.gguf_file) != (first.model.name, first.model.gguf_file):
+            raise SourceError(f"{ref}: trained on {model.name or model.gguf_file}, {refs[0]} on "
+                              f"{first.model.name or first.model.gguf_file}; {what} takes adapters of one base model")
+        if task != first.task:
+            raise SourceError(f"{ref}: a {task} adapter, {refs[0]} a {first.task} one; {what} takes adapters of one "
+                              "task")
+
+
 def load(trained: Trained, merge: bool = True, device: str | None = None,
          log: Callable[[str], None] = print) -> tuple[nn.Module, Any]:
     """(model in eval mode on `device`, tokenizer or image processor) for `trained`; the adapter merged into the

@@ -12,7 +12,7 @@ from typing import Any
 
 from asymtune import atomic
 from asymtune.errors import UserError
-from asymtune.inference import loading
+from asymtune.inference import loading, mixed
 from asymtune.inference.predictors import PREDICTORS, Options
 
 
@@ -32,17 +32,22 @@ def default_output(input_path: Path) -> Path:
     return Path(f"{input_path.stem if input_path.is_file() else input_path.name}.predictions.jsonl")
 
 
-def predict(ref: str, input_path: Path, output: Path | None, root: Path, options: Options, merge: bool = True,
+def predict(refs: list[str], input_path: Path, output: Path | None, root: Path, options: Options, merge: bool = True,
             trust_remote_code: bool = False, device: str | None = None,
             log: Callable[[str], None] = print) -> Predictions:
-    """Predictions of the run or export `ref` for every row (or image) of `input_path`, written to `output`
-    (.csv: a table, probabilities as `p_<class>` columns; anything else: jsonl)."""
+    """Predictions of the run or export `refs` names for every row (or image) of `input_path`, written to `output`
+    (.csv: a table, probabilities as `p_<class>` columns; anything else: jsonl). With several runs (adapters of one
+    base model, task sft), each row names in its `adapter` column the run that answers it, and mixed batches are
+    answered in one pass (`mixed`)."""
     if not input_path.exists():
         raise UserError(f"--input {input_path}: no such file or folder")
     output = output or default_output(input_path)
     if output.suffix.lower() not in (".csv", ".jsonl", ".json"):
         raise UserError(f"--output {output}: write .jsonl or .csv")
+    if len(refs) > 1:
+        return predict_mixed(refs, input_path, output, root, options, trust_remote_code, device, log)
     with loading.scratch_dir() as scratch:
+        ref, = refs
         trained = loading.locate(ref, root, Path(scratch), trust_remote_code)
         predictor = PREDICTORS[trained.task]
         inputs = predictor.read(trained, input_path)  # a bad file is refused before the model loads
@@ -50,6 +55,24 @@ def predict(ref: str, input_path: Path, output: Path | None, root: Path, options
         scored = predictor.answer(trained, model, processor, input_path, inputs, options)
     atomic.write_text(output, to_csv(scored.rows) if output.suffix.lower() == ".csv" else to_jsonl(scored.rows))
     return Predictions(trained.name, trained.task, scored.rows, output, scored.score)
+
+
+def predict_mixed(refs: list[str], input_path: Path, output: Path, root: Path, options: Options,
+                  trust_remote_code: bool = False, device: str | None = None,
+                  log: Callable[[str], None] = print) -> Predictions:
+    """Each row of `input_path` completed by the run its `adapter` column names, the runs' adapters on one base
+    model, batches mixed (`mixed.open_adapters`)."""
+    from asymtune.inference.predictors import complete_prompts
+
+    with loading.scratch_dir() as scratch:
+        adapters = mixed.open_adapters(refs, root, Path(scratch), True, trust_remote_code, device, log)
+        rows, keys = mixed.read_rows(adapters, input_path)
+        scored = complete_prompts(adapters.sources[0], adapters.model, adapters.tokenizer, input_path, rows, options,
+                                  keys)
+    by_key = dict(zip(adapters.keys, refs, strict=True))
+    answered = [{mixed.ADAPTER_COLUMN: by_key[key], **row} for key, row in zip(keys, scored.rows, strict=True)]
+    atomic.write_text(output, to_csv(answered) if output.suffix.lower() == ".csv" else to_jsonl(answered))
+    return Predictions(f"{len(refs)} adapters, {adapters.path}", "sft", answered, output, None)
 
 
 def to_jsonl(rows: list[dict[str, Any]]) -> str:

@@ -164,15 +164,16 @@ def read_prompts(trained: Trained, path: Path) -> list[PromptRow]:
 
 
 def complete_prompts(trained: Trained, model, tokenizer, path: Path, rows: list[PromptRow],
-                     options: Options) -> Scored:
-    """Each row's completion; a prompt that does not fit the context with max_new_tokens is refused first."""
+                     options: Options, adapter_names: list[str] | None = None) -> Scored:
+    """Each row's completion (by its own adapter of `adapter_names`, when given); a prompt that does not fit the
+    context with max_new_tokens is refused first."""
     from asymtune.inference.generation import complete
     from asymtune.inference.prompts import check_fits, token_ids
 
     ids = [token_ids(tokenizer, row.prompt) for row in rows]
     for index, prompt_ids in enumerate(ids):
         check_fits(prompt_ids, options.sampling.max_new_tokens, model, f"{path}: row {index}")
-    answers = complete(model, tokenizer, ids, options.sampling, options.batch_size)
+    answers = complete(model, tokenizer, ids, options.sampling, options.batch_size, adapter_names=adapter_names)
     return Scored([{"prompt": row.question, "completion": answer,
                     **({"reference": row.reference} if row.reference is not None else {})}
                    for row, answer in zip(rows, answers.texts, strict=True)], None)

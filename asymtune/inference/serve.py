@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from asymtune.errors import UserError
-from asymtune.inference import causal, loading
+from asymtune.inference import causal, loading, mixed
 from asymtune.inference.causal import CausalLM
 from asymtune.inference.prompts import alpaca_chat_template, raw_chat_template
 
@@ -40,8 +40,10 @@ def served_tokenizer(model: CausalLM):
     return tokenizer
 
 
-def build_app(model: CausalLM, name: str):
-    """The FastAPI app of transformers' server, answering with `model` under the model id `name`."""
+def build_app(served: dict[str, CausalLM]):
+    """The FastAPI app of transformers' server, answering with each model of `served` under its model id (one
+    model: the server is pinned to it)."""
+    from fastapi import HTTPException
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
@@ -51,23 +53,29 @@ def build_app(model: CausalLM, name: str):
     from transformers.cli.serving.transcription import TranscriptionHandler
     from transformers.cli.serving.utils import GenerationState
 
+    loaded = {name: (model.model, served_tokenizer(model)) for name, model in served.items()}
+
     class Pinned(ModelManager):
-        """transformers' model manager holding one model that is already loaded (never unloaded)."""
+        """transformers' model manager holding models that are already loaded (never unloaded)."""
 
         def __init__(self) -> None:
-            super().__init__(device=str(model.model.device), force_model=None, model_timeout=-1)
-            self.force_model = name
-            self.served = (model.model, served_tokenizer(model))
+            super().__init__(device=str(next(iter(served.values())).model.device), force_model=None,
+                             model_timeout=-1)
+            self.force_model = next(iter(served)) if len(served) == 1 else None
 
         def load_model_and_processor(self, model_id_and_revision: str, *args: Any, **kwargs: Any):
-            return self.served
+            name = model_id_and_revision.removesuffix("@main")
+            if name not in loaded:
+                raise HTTPException(status_code=404, detail=f"model {name!r} is not served here; ask for one of: "
+                                                            + ", ".join(loaded))
+            return loaded[name]
 
         def list_models(self, cache_dir: str | None = None) -> list[dict]:
             return [{"id": name, "object": "model", "created": 0, "owned_by": "asymtune",
-                     "status": {"value": "loaded"}}]
+                     "status": {"value": "loaded"}} for name in loaded]
 
         def shutdown(self) -> None:
-            """Nothing to unload: the model belongs to asymtune."""
+            """Nothing to unload: the models belong to asymtune."""
 
     manager = Pinned()
     state = GenerationState(continuous_batching=False)
@@ -78,18 +86,27 @@ def build_app(model: CausalLM, name: str):
     )
 
 
-def run(ref: str | None, base: str | None, root: Path, host: str, port: int, name: str | None = None,
+def run(refs: list[str], base: str | None, root: Path, host: str, port: int, name: str | None = None,
         template: str = "auto", merge: bool = True, trust_remote_code: bool = False, device: str | None = None,
         log: Callable[[str], None] = print) -> str:
-    """Serve the run or export `ref` (or the base model `base`) on host:port until interrupted; returns the model
-    id it was served under (`name`, default the run's name)."""
+    """Serve the run or export `refs` names (or the base model `base`) on host:port until interrupted; returns the
+    model id(s) it was served under (`name`, default the run's name). Several runs (adapters of one base model):
+    one model in memory, each adapter under its recipe's name (`mixed`)."""
     import uvicorn
 
     check_available()
+    if len(refs) > 1 and (name or base):
+        raise UserError("with several runs, each is served under its recipe's name: drop --name and --base")
     with loading.scratch_dir() as scratch:
-        model = causal.open_one(ref, base, root, Path(scratch), template, merge, trust_remote_code, device, log)
-        name = name or model.name.split("/")[0].removeprefix("base ")
-        app = build_app(model, name)
-        log(f"serving {model.name} as model {name!r} ({model.style} prompts) on http://{host}:{port}/v1")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    return name
+        if len(refs) > 1:
+            adapters = mixed.open_adapters(refs, root, Path(scratch), True, trust_remote_code, device, log)
+            served = mixed.as_models(adapters, template)
+            log(f"serving {', '.join(served)} ({adapters.path}) on http://{host}:{port}/v1")
+        else:
+            model = causal.open_one(refs[0] if refs else None, base, root, Path(scratch), template, merge,
+                                    trust_remote_code, device, log)
+            served = {name or model.name.split("/")[0].removeprefix("base "): model}
+            log(f"serving {model.name} as model {next(iter(served))!r} ({model.style} prompts) on "
+                f"http://{host}:{port}/v1")
+        uvicorn.run(build_app(served), host=host, port=port, log_level="warning")
+    return ", ".join(served)
