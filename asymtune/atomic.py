@@ -64,3 +64,8 @@ def _exchange(first: Path, second: Path) -> None:
     os.replace(second, parked)
     os.replace(first, second)
     os.replace(parked, first)
+
+
+def blocking_file(target: Path) -> Path | None:
+    """The first parent of `target` that exists and is not a folder (so `target` cannot be made), if any."""
+    return next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)

@@ -22,7 +22,7 @@ def export(source: str, form: str, target: Path, root: Path, log: Callable[[str]
     new folder `target`; return the bytes written. Nothing is copied through a symlink out of the run."""
     if target.exists():
         raise ExportError(f"{target} exists; choose a new folder (exports never overwrite)")
-    blocking = next((parent for parent in target.parents if parent.exists() and not parent.is_dir()), None)
+    blocking = atomic.blocking_file(target)
     if blocking is not None:
         raise ExportError(f"{target}: {blocking} is a file, so no folder can be made under it")
     if form == "peft" and forms.is_compact(Path(source)):

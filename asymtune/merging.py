@@ -31,6 +31,7 @@ from asymtune.runs import RunDir
 MERGE_FILE = "merge.json"
 COMPACT_DIR = "compact"
 COMBINATIONS = ("auto", "exact", *merges.PEFT_COMBINATIONS)
+EXACT = ("shared-A", "cat")  # the combinations whose ΔW is Σ wᵢ·ΔWᵢ up to rounding
 
 
 class MergeError(UserError):
@@ -83,11 +84,12 @@ def merge(refs: list[str], weights_text: str | None, combination: str, name: str
         saved = [merges.read(ref, t.adapter_dir) for ref, t in zip(refs, trained, strict=True)]
         not_shared = merges.shared_a_reason(saved)
         how = chosen(combination, not_shared)
+        exact = how in EXACT
         if how == "shared-A":
             tensors, config, spec = merges.merge_shared_a(saved, weights), saved[0].config, saved[0].spec
         else:
             log(f"merging through PEFT's add_weighted_adapter ({how}): "
-                f"{not_shared or 'asked for'}; the merge is {'exact' if how == 'cat' else 'not exact'}")
+                f"{not_shared or 'asked for'}; the merge is {'exact' if exact else 'not exact'}")
             tensors, config = merges.merge_with_peft(base_model(trained[0].recipe), saved, weights, how)
             spec = None
         result = merges.Saved("merged", Path(), config, tensors, spec)
@@ -95,7 +97,7 @@ def merge(refs: list[str], weights_text: str | None, combination: str, name: str
         recipe = merged_recipe([t.recipe for t in trained], name or default_name(trained), config, how == "shared-A")
         run = write_run(output, root, recipe, argv)
         write_adapter(run, tensors, config, spec)
-        record = {"combination": how, "exact": how in ("shared-A", "cat"), "rank": config["r"],
+        record = {"combination": how, "exact": exact, "rank": config["r"],
                   "not_shared": not_shared, "weights": weights,
                   "sources": [{"ref": ref, "name": t.name, "adapter": str(t.adapter_dir.resolve()), "weight": w}
                               for ref, t, w in zip(refs, trained, weights, strict=True)],
@@ -105,14 +107,14 @@ def merge(refs: list[str], weights_text: str | None, combination: str, name: str
         forms.write_compact(run.adapter_dir, run.path / COMPACT_DIR, run.recipe_file)
     run.write_metrics({"merge_delta_max_abs_error": error.max_abs, "merge_delta_relative_error": error.relative})
     run.set_status("completed")
-    return Merged(run, how, config["r"], record["exact"], error, not_shared)
+    return Merged(run, how, config["r"], exact, error, not_shared)
 
 
 def check_output(output: Path) -> None:
     """MergeError unless `output` can become a new folder (it does not exist, and no file stands in its way)."""
     if output.exists():
         raise MergeError(f"--output {output}: exists; choose a new folder (a merge never overwrites)")
-    blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+    blocking = atomic.blocking_file(output)
     if blocking is not None:
         raise MergeError(f"--output {output}: {blocking} is a file, so no folder can be made under it")
 

@@ -12,6 +12,7 @@ summed update: lossy) or "cat" (the factors stacked: exact, rank Σᵢ rᵢ). `d
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Saved:
         rank = self.config["r"]
         return self.config["lora_alpha"] / (math.sqrt(rank) if self.config.get("use_rslora") else rank)
 
-    @property
+    @functools.cached_property
     def modules(self) -> list[str]:
         return sorted({key.rsplit(".lora_", 1)[0] for key in self.weights if ".lora_A." in key})
 

@@ -74,20 +74,22 @@ def open_adapters(refs: list[str], root: Path, scratch: Path, shared: bool = Tru
     model = model.to(loading.device_or_default(device)).eval()
     if not_shared is None:
         shared_a.enable(model, keys)
-    log(f"{len(sources)} adapters on one {sources[0].recipe.model.name}: "
-        + ("one shared A" if not_shared is None else f"PEFT's mixed batch ({not_shared})"))
-    return Adapters(model, tokenizer, sources, keys, row_names(refs, sources, keys), not_shared)
+    adapters = Adapters(model, tokenizer, sources, keys, row_names(refs, sources, keys), not_shared)
+    log(f"{len(sources)} adapters on one {sources[0].recipe.model.name}: {adapters.path}")
+    return adapters
+
+
+def labels(sources: list[Trained]) -> list[str]:
+    """Each source's name for people: its recipe's name, or its run label when another source has that name too."""
+    recipe_names = [source.recipe.name for source in sources]
+    return [source.recipe.name if recipe_names.count(source.recipe.name) == 1 else source.name for source in sources]
 
 
 def row_names(refs: list[str], sources: list[Trained], keys: list[str]) -> dict[str, str]:
-    """Every name a row may give its adapter: the ref as given, the run's label, its recipe's name (when only
-    one source has it)."""
+    """Every name a row may give its adapter: the ref as given, the run's label, its `labels` name."""
     names: dict[str, str] = {}
-    recipe_names = [source.recipe.name for source in sources]
-    for ref, source, key in zip(refs, sources, keys, strict=True):
-        names.update({ref: key, source.name: key})
-        if recipe_names.count(source.recipe.name) == 1:
-            names[source.recipe.name] = key
+    for ref, source, label, key in zip(refs, sources, labels(sources), keys, strict=True):
+        names.update({ref: key, source.name: key, label: key})
     return names
 
 
@@ -130,18 +132,12 @@ class Routed:
 
 
 def as_models(adapters: Adapters, template: str = "auto") -> dict[str, Any]:
-    """Each adapter as a `causal.CausalLM` of its own (the shared model `Routed` to it, a tokenizer of its own, its
-    run's prompt style), by a name to ask for it: its recipe's name, or its run label when two share one."""
-    import copy
-
+    """Each adapter as a `causal.CausalLM` of its own (the shared model `Routed` to it, the shared tokenizer, its
+    run's prompt style), by its `labels` name."""
     from asymtune.inference import prompts
     from asymtune.inference.causal import CausalLM
 
-    recipe_names = [source.recipe.name for source in adapters.sources]
-    models = {}
-    for key, source in zip(adapters.keys, adapters.sources, strict=True):
-        name = source.recipe.name if recipe_names.count(source.recipe.name) == 1 else source.name
-        tokenizer = copy.deepcopy(adapters.tokenizer)  # a served tokenizer gets its run's chat template
-        models[name] = CausalLM(name, Routed(adapters.model, key), tokenizer,
-                                prompts.style_for(source.recipe, tokenizer, template))
-    return models
+    tokenizer = adapters.tokenizer
+    return {name: CausalLM(name, Routed(adapters.model, key), tokenizer, prompts.style_for(source.recipe, tokenizer,
+                                                                                              template))
+            for name, key, source in zip(labels(adapters.sources), adapters.keys, adapters.sources, strict=True)}

@@ -28,16 +28,19 @@ def check_available() -> None:
 
 
 def served_tokenizer(model: CausalLM):
-    """The tokenizer with the chat template of the run's prompt style (a chat-style run keeps its own); the
-    template starts with BOS when the tokenizer's own encoding adds one, as training's text prompts had."""
+    """The tokenizer with the chat template of the run's prompt style (a chat-style run keeps its own): a copy, so runs
+    served together keep their own styles; the template starts with BOS when the tokenizer's own encoding adds one,
+    as training's text prompts had."""
+    import copy
+
     tokenizer = model.tokenizer
     if model.style == "chat":
         return tokenizer
     probe = tokenizer("a")["input_ids"]
     bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
-    template = alpaca_chat_template(bos) if model.style == "alpaca" else raw_chat_template(bos)
-    tokenizer.chat_template = template
-    return tokenizer
+    served = copy.deepcopy(tokenizer)
+    served.chat_template = alpaca_chat_template(bos) if model.style == "alpaca" else raw_chat_template(bos)
+    return served
 
 
 def build_app(served: dict[str, CausalLM]):
