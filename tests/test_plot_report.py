@@ -104,7 +104,7 @@ def test_image_runs_get_in_and_out_of_domain_bars(tmp_path):
             fake_run(root, name, seed, 8, method, task="image", losses=decaying(2.0, seed), metrics={
                 "rotated_digits_train_acc": 0.99, "rotated_digits_id_acc": base + 0.01 * seed,
                 "rotated_digits_rot15_acc": base - 0.1, "rotated_digits_rot30_acc": base - 0.3 + 0.02 * seed,
-                "rotated_digits_ood_acc": base - 0.2})
+                "rotated_digits_ood_acc": base - 0.2, "rotated_digits_validation_acc": base})  # validation: ID
     drawn = series.panels(compare.build([str(root)], root))
     assert list(drawn.finals) == ["rotated_digits_ood_acc"]
     domains = drawn.domains

@@ -36,13 +36,15 @@ COLOURS = {
 
 @dataclass
 class DomainSplit:
-    """Image paths with class indices: train and in-domain test (from train_envs), OOD test per environment."""
+    """Image paths with class indices: train, in-domain test and validation (from train_envs), OOD test per
+    environment."""
 
     classes: list[str]
     train: list[tuple[Path, int]]
     id_test: list[tuple[Path, int]]
     ood: dict[str, list[tuple[Path, int]]]
     skipped: list[Path] = field(default_factory=list)
+    validation: list[tuple[Path, int]] = field(default_factory=list)
 
 
 def _readable(path: Path) -> bool:
@@ -112,29 +114,40 @@ def split(
     seed: int,
     test_fraction: float = 0.2,
     class_map: dict[str, dict[str, str | None]] | None = None,
+    validation_fraction: float = 0.0,
+    test_envs: list[str] | None = None,
 ) -> DomainSplit:
-    """Train / in-domain test (seeded, stratified by class) / out-of-domain test per environment."""
+    """Train / in-domain test / in-domain validation (seeded, stratified by class) / out-of-domain test per
+    environment (`test_envs`, default: every one not trained on); the fractions are of each class's images."""
     environments, skipped = scan(root, class_map)
-    unknown = sorted(set(train_envs) - set(environments))
-    if unknown:
-        raise DataError(f"data.train_envs {unknown}: not environments of {root} ({', '.join(environments)})")
+    for key, envs in (("train_envs", train_envs), ("test_envs", test_envs or [])):
+        unknown = sorted(set(envs) - set(environments))
+        if unknown:
+            raise DataError(f"data.{key} {unknown}: not environments of {root} ({', '.join(environments)})")
+    both = sorted(set(train_envs) & set(test_envs or []))
+    if both:
+        raise DataError(f"data.test_envs {both}: also trained on (data.train_envs); an out-of-domain test needs "
+                        "environments the model has not seen")
     classes = sorted(next(iter(environments.values())))
     index = {name: i for i, name in enumerate(classes)}
     generator = random.Random(seed)
-    train, id_test = [], []
+    train, id_test, validation = [], [], []
     for env in train_envs:
         for name in classes:
             paths = list(environments[env][name])
             generator.shuffle(paths)
             cut = max(1, round(len(paths) * test_fraction)) if len(paths) > 1 else 0
+            held = cut + (round(len(paths) * validation_fraction) if validation_fraction else 0)
             id_test += [(p, index[name]) for p in paths[:cut]]
-            train += [(p, index[name]) for p in paths[cut:]]
+            validation += [(p, index[name]) for p in paths[cut:held]]
+            train += [(p, index[name]) for p in paths[held:]]
     ood = {
         env: [(p, index[name]) for name in classes for p in environments[env][name]]
         for env in environments
-        if env not in train_envs
+        if env not in train_envs and (test_envs is None or env in test_envs)
     }
-    return DomainSplit(classes=classes, train=train, id_test=id_test, ood=ood, skipped=skipped)
+    return DomainSplit(classes=classes, train=train, id_test=id_test, ood=ood, skipped=skipped,
+                       validation=validation)
 
 
 def _write_digits(target: Path, size: int, per_class: int | None, environments: dict, log) -> Path:

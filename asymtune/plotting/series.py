@@ -24,7 +24,8 @@ from asymtune.runs import RunDir
 TRAIN_LOSS = "loss"  # the Trainer's name for the training loss in logs/train.jsonl
 NOT_CURVES = {"step", "epoch", "time"}
 ID_ACC = "_id_acc"  # image runs: <ds>_id_acc, <ds>_<env>_acc per OOD environment (tasks/image.py)
-NOT_DOMAINS = {"train", "id", "ood"}  # <ds>_train_acc, <ds>_ood_acc (the OOD mean) are not OOD environments
+NOT_DOMAINS = {"train", "id", "ood", "validation"}  # <ds>_train_acc, <ds>_ood_acc (the OOD mean), <ds>_validation_acc
+# (in domain) are not OOD environments
 
 
 class PlotError(UserError):

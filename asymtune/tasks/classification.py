@@ -47,22 +47,29 @@ class LabelledData:
 
         train = read(spec.train, spec.split, config)
         held_out: dict[str, datasets.Dataset] = {}
+        one_eval = "test" if spec.validation_fraction else "validation"  # the validation split is then train's
         if isinstance(spec.eval, dict):
             held_out = {name: read(ref, "validation") for name, ref in spec.eval.items()}
         elif spec.eval is not None:
-            held_out = {"validation": read(spec.eval, "validation")}
+            held_out = {one_eval: read(spec.eval, "validation")}
         elif self.glue and spec.eval_fraction == 0 and spec.train == GLUE_HUB_ID:
             held_out = {split: read(spec.train, split, config, f"{spec.train}:{split}")
                         for split in self.glue.eval_splits}
+        stratify = spec.label_field if isinstance(train.features[spec.label_field], datasets.ClassLabel) else None
         if held_out:
-            train, _ = train_eval_split(train, None, 0.0, recipe.seed, spec.max_train_samples)
-            held_out = {name: train_eval_split(table, None, 0.0, recipe.seed, spec.max_eval_samples)[0]
+            held_out = {name: train_eval_split(table, None, 0.0, recipe.split_seed, spec.max_eval_samples)[0]
                         for name, table in held_out.items()}
         else:
-            stratify = spec.label_field if isinstance(train.features[spec.label_field], datasets.ClassLabel) else None
-            train, split_off = train_eval_split(train, None, spec.eval_fraction, recipe.seed,
-                                                spec.max_train_samples, spec.max_eval_samples, stratify)
-            held_out = {"validation": split_off} if split_off is not None else {}
+            train, split_off = train_eval_split(train, None, spec.eval_fraction, recipe.split_seed, None,
+                                                spec.max_eval_samples, stratify)
+            held_out = {one_eval: split_off} if split_off is not None else {}
+        train, validation = train_eval_split(train, None, spec.validation_fraction, recipe.split_seed,
+                                             spec.max_train_samples, spec.max_eval_samples, stratify)
+        if validation is not None:
+            if "validation" in held_out:
+                raise DataError("data.eval names a set 'validation', and data.validation_fraction splits off "
+                                "another: rename the data.eval entry")
+            held_out["validation"] = validation
         self.label_names = self._label_names(train, spec.label_field)
         if not self.regression and len(self.label_names) < 2:
             raise DataError(f"{spec.train}: label column {spec.label_field!r} holds {len(self.label_names)} class(es) "

@@ -103,8 +103,8 @@ class ImageClassification(TaskFamily):
     """The HF Trainer on image files through the model's own processor; metrics: train, ID, OOD accuracy, gaps."""
 
     def load_data(self, recipe: Recipe) -> DomainSplit:
-        data = split(dataset_root(recipe), recipe.data.train_envs, recipe.seed, recipe.data.eval_fraction,
-                     recipe.data.class_map)
+        data = split(dataset_root(recipe), recipe.data.train_envs, recipe.split_seed, recipe.data.eval_fraction,
+                     recipe.data.class_map, recipe.data.validation_fraction, recipe.data.test_envs)
         if data.skipped:
             console.print(
                 f"[yellow]warning:[/yellow] skipped {len(data.skipped)} unreadable image(s): "
@@ -123,7 +123,8 @@ class ImageClassification(TaskFamily):
         return len(data.train)
 
     def describe(self, data: DomainSplit) -> str:
-        return (f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}; "
+        return (f"data: {len(data.classes)} classes; train {len(data.train)}, in-domain test {len(data.id_test)}"
+                + (f", validation {len(data.validation)}" if data.validation else "") + "; "
                 + ", ".join(f"{env} {len(items)}" for env, items in data.ood.items()))
 
     def load_model(self, recipe: Recipe, labels: list[str] | None):
@@ -155,10 +156,12 @@ class ImageClassification(TaskFamily):
             return scores[f"{name}_accuracy"]
 
         ood = {env: evaluate(items, env) for env, items in data.ood.items()}
+        prefix = metric_prefix(dataset_root(recipe))
+        validation = {f"{prefix}_validation_acc": evaluate(data.validation, "validation")} if data.validation else {}
         return {
             "skipped_images": len(data.skipped),
-            **domain_metrics(metric_prefix(dataset_root(recipe)), evaluate(data.train, "train"),
-                             evaluate(data.id_test, "id"), ood),
+            **domain_metrics(prefix, evaluate(data.train, "train"), evaluate(data.id_test, "id"), ood),
+            **validation,
         }
 
 

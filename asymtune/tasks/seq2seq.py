@@ -75,7 +75,7 @@ def load_pairs(recipe: Recipe) -> Pairs:
         if table is not None:
             require_columns(table, (source, target), name, hint=" (set data.source_field / data.target_field)")
             require_text(table, (source, target), name)  # checked before splitting, so row N is the file's row N
-    train, held_out = train_eval_split(train, held_out, spec.eval_fraction, recipe.seed,
+    train, held_out = train_eval_split(train, held_out, spec.eval_fraction, recipe.split_seed,
                                        spec.max_train_samples, spec.max_eval_samples)
     if held_out is None:
         raise DataError("task seq2seq needs evaluation data: data.eval or data.eval_fraction")

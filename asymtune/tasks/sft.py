@@ -28,6 +28,7 @@ class SftData:
     train: datasets.Dataset
     eval: datasets.Dataset | None
     by_source: dict[str, datasets.Dataset] = field(default_factory=dict)
+    validation: datasets.Dataset | None = None
 
 
 def build_datasets(recipe: Recipe) -> SftData:
@@ -43,14 +44,17 @@ def build_datasets(recipe: Recipe) -> SftData:
     if isinstance(spec.train, str):
         train = read(spec.train, spec.split, spec.format, spec.config)
         held_out = read(spec.eval, "validation", spec.format) if spec.eval is not None else None
-        return SftData(*train_eval_split(train, held_out, spec.eval_fraction, recipe.seed, spec.max_train_samples,
-                                         spec.max_eval_samples))
+        train, held_out = train_eval_split(train, held_out, spec.eval_fraction, recipe.split_seed, None,
+                                           spec.max_eval_samples)
+        train, validation = train_eval_split(train, None, spec.validation_fraction, recipe.split_seed,
+                                             spec.max_train_samples, spec.max_eval_samples)
+        return SftData(train, held_out, validation=validation)
     trains, evals = {}, {}
     for source in spec.train:
         fmt = source.format or spec.format
         held_out = read(source.eval, "validation", fmt) if source.eval is not None else None
         train, held = train_eval_split(read(source.train, source.split, fmt, source.config), held_out,
-                                       spec.eval_fraction, recipe.seed, None, spec.max_eval_samples)
+                                       spec.eval_fraction, recipe.split_seed, None, spec.max_eval_samples)
         trains[source.label] = train
         if held is not None:
             evals[source.label] = held
@@ -184,6 +188,9 @@ class InstructionTuning(TaskFamily):
         if data.eval is not None:
             loss = trainer.evaluate()["eval_loss"]
             metrics.update(eval_loss=loss, eval_perplexity=perplexity(loss), eval_rows=len(data.eval))
+        if data.validation is not None:
+            metrics["validation_loss"] = trainer.evaluate(eval_dataset=data.validation,
+                                                          metric_key_prefix="validation")["validation_loss"]
         for name, rows in data.by_source.items():  # each source's own eval loss, beside the overall one
             metrics[f"eval_{name}_loss"] = trainer.evaluate(eval_dataset=rows, metric_key_prefix=f"eval_{name}")[
                 f"eval_{name}_loss"]
