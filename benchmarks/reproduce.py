@@ -10,8 +10,7 @@ MMLU (`eval --mmlu`, a fixed subset): the paper protocol's instruction-tuning ru
     python benchmarks/reproduce.py --output-dir runs/repro          # the suite (about 2 h on 2 cores)
     python benchmarks/reproduce.py --output-dir /tmp/smoke --smoke  # a handful of steps per family (CI)
 
-A second call skips every completed run and evaluation, so an interrupted suite resumes where it stopped. Each
-call appends its wall time to OUTPUT_DIR/suite-log.jsonl.
+A second call skips every completed run and evaluation, so an interrupted suite resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from asymtune import atomic
@@ -224,11 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     figure1_runs(root, args.smoke, log, args.jobs)
     log("the tuned protocol: each method's learning rate chosen on validation")
     tuned_protocol(FAMILIES, root, args.smoke, log, args.jobs)
-    entry = {"started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-             "seconds": round(time.time() - started, 1), "smoke": args.smoke}
-    with (root / "suite-log.jsonl").open("a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-    log(f"suite call finished in {entry['seconds']:.0f}s")
+    log(f"suite call finished in {time.time() - started:.0f}s")
 
 
 if __name__ == "__main__":

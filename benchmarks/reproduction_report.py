@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,10 +37,10 @@ METRIC_TITLES = {"eval_test_accuracy": "test accuracy", "eval_test_macro_f1": "t
                  "eval_loss": "test loss", "mmlu_average": "MMLU (32 q.)", "rotated_digits_id_acc": "ID accuracy",
                  "rotated_digits_ood_acc": "OOD accuracy"}
 # The paper's table beside each family, and the column of it shown (its rows matched by method and rank).
-PAPER_TABLE = {"bbc_news": ("table1", "glue_average", "Table 1, GLUE avg. (RoBERTa-large)"),
-               "rotten_tomatoes": ("table1", "glue_sst2", "Table 1, SST-2 (RoBERTa-large)"),
-               "construction_faq": ("table4", "mmlu_average", "Table 4, MMLU avg. (Llama-2-7B, r=32/64)"),
-               "digits": ("table5", "pacs_ood_acc", "Table 5, PACS OOD (ViT)")}
+PAPER_TABLE = {"bbc_news": ("table1", "glue_average", "paper: Table 1, GLUE avg. % (RoBERTa-large)"),
+               "rotten_tomatoes": ("table1", "glue_sst2", "paper: Table 1, SST-2 % (RoBERTa-large)"),
+               "construction_faq": ("table4", "mmlu_average", "paper: Table 4, MMLU avg. % (Llama-2-7B, r=32/64)"),
+               "digits": ("table5", "pacs_ood_acc", "paper: Table 5, PACS OOD % (ViT)")}
 TABLE4_RANK = {8: 32, 16: 64}  # Table 4's ranks are r=32 (LoRA, A-only, B-only) and 2r=64 (B-only)
 
 
@@ -212,8 +213,9 @@ def judge(claim: Claim, result: FamilyResult, metric: str, protocol: str) -> tup
     return "holds (no clear difference)", evidence
 
 
-def verdicts(results: list[FamilyResult]) -> str:
-    lines = []
+def verdicts(results: list[FamilyResult]) -> tuple[str, list[str]]:
+    """The per-claim tables, and each claim's overall line."""
+    lines, summaries = [], []
     for number, claim in enumerate(CLAIMS, start=1):
         lines += [f"**Claim {number}: {claim.text}.**", ""]
         lines += ["| family | metric | protocol | verdict | numbers (mean ± std (seeds)) |", "|---|---|---|---|---|"]
@@ -227,15 +229,17 @@ def verdicts(results: list[FamilyResult]) -> str:
                 lines.append(f"| {result.family.title} | {METRIC_TITLES.get(metric, metric)} | {protocol} | "
                              f"{verdict} | {'; '.join(evidence)} |")
         lines += ["", f"Overall: {overall(tally)}.", ""]
-    return "\n".join(lines)
+        summaries.append(f"{number}. {claim.text}: {overall(tally)}.")
+    return "\n".join(lines), summaries
 
 
 def overall(tally: list[str]) -> str:
     held = sum(v.startswith("holds") for v in tally)
     failed = sum(v == "does not hold" for v in tally)
+    missing = sum(v.startswith("not decided") for v in tally)
     other = len(tally) - held - failed
-    if not tally:
-        return "not run"
+    if missing == len(tally):
+        return "not decided (runs missing)"
     if held == len(tally):
         return f"**holds** in all {held} comparisons"
     if failed == len(tally):
@@ -356,22 +360,46 @@ def figure1_verdict(means: dict[str, dict[str, float]]) -> str:
         f": holds for {'; '.join(held)}; " if held else ": ") + f"fails for {'; '.join(missed)}"
 
 
+IDLE_GAP_S = 300  # a pause longer than this between runs is time the suite was not running (e.g. between calls)
+
+
+def busy_intervals(root: Path) -> list[tuple[float, float]]:
+    """(start, end) of every training run (status.json) and MMLU evaluation (lm-eval's start, mmlu.json written)."""
+    spans = []
+    for status in root.glob("*/*/status.json"):
+        record = json.loads(status.read_text())
+        if record.get("status") == "completed" and "started" in record and "updated" in record:
+            spans.append((datetime.fromisoformat(record["started"]).timestamp(),
+                          datetime.fromisoformat(record["updated"]).timestamp()))
+    for mmlu in root.glob("*/*/eval/mmlu.json"):
+        started = json.loads(mmlu.read_text()).get("lm_eval", {}).get("date")
+        if isinstance(started, (int, float)):
+            spans.append((float(started), mmlu.stat().st_mtime))
+    return sorted(spans)
+
+
 def wall_time(root: Path) -> str:
-    log = root / "suite-log.jsonl"
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    entries = [e for e in entries if not e.get("smoke")]
-    if not entries:
-        return "not measured (no suite call logged)"
-    seconds = sum(e["seconds"] for e in entries)
-    return (f"{seconds / 3600:.2f} h ({seconds:.0f} s) over {len(entries)} call(s) of `make reproduce`, "
-            f"the first started {entries[0]['started']}")
+    """The suite's busy time from its run directories: the union of the runs' spans, gaps over IDLE_GAP_S left out
+    (so a suite resumed in a later call counts only its running time)."""
+    merged: list[list[float]] = []
+    for start, end in busy_intervals(root):
+        if merged and start <= merged[-1][1] + IDLE_GAP_S:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    if not merged:
+        return "not measured (no completed run)"
+    seconds = sum(end - start for start, end in merged)
+    first = datetime.fromtimestamp(merged[0][0], timezone.utc).isoformat(timespec="minutes")
+    return (f"{seconds / 3600:.2f} h ({seconds / 60:.0f} min) of running time, in {len(merged)} stretch(es) from "
+            f"{first} (measured from the run directories: first run started to last run or evaluation finished)")
 
 
 def render(root: Path, figures: Path, output: Path) -> str:
     choices_file = root / "tuned.json"
     choices = json.loads(choices_file.read_text()) if choices_file.is_file() else {}
     results = [family_result(root, family, choices) for family in reproduce.FAMILIES]
-    parts = [HEADER.format(wall=wall_time(root))]
+    parts = [HEADER.format(wall=wall_time(root), status=completeness(results))]
     for result in results:
         chart = bar_chart(result, figures)
         parts += [f"## {result.family.title}", "", FAMILY_NOTES[result.family.folder], "", family_table(result)]
@@ -389,8 +417,24 @@ def render(root: Path, figures: Path, output: Path) -> str:
         parts += ["", f"Verdict: {figure1_verdict(means)}.", ""]
     else:
         parts += ["Not run.", ""]
-    parts += ["## Verdicts", "", VERDICT_NOTE, "", verdicts(results)]
+    tables, summaries = verdicts(results)
+    parts += ["## Verdicts", "", VERDICT_NOTE, "", tables]
+    brief = ["## In brief", "", *summaries, f"{len(summaries) + 1}. Figure 1's finding (B's alike by task, A's alike "
+             f"only by shared init): {figure1_verdict(means)}.", ""]
+    parts[1:1] = brief
     return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def completeness(results: list[FamilyResult]) -> str:
+    """Whether every variant row of both protocols has all its seeds."""
+    rows = [protocol.get(v.stem) for r in results for protocol in (r.paper, r.tuned)
+            for v in r.family.variants(smoke=False)]
+    short = sum(row is None or len(row.runs) < len(reproduce.SEEDS) for row in rows)
+    if not short:
+        return "**complete**: every variant of both protocols has all its seeds"
+    return (f"**incomplete**: {short} of {len(rows)} variant rows (both protocols) have fewer than "
+            f"{len(reproduce.SEEDS)} seeds or no run yet, shown as \"not run\" or with their count of seeds; "
+            "`make reproduce` resumes the suite, then this file is generated again")
 
 
 def link(path: Path, output: Path) -> str:
@@ -416,6 +460,8 @@ Two protocols, side by side:
 - **paper protocol**: one learning rate for every method (the family's recipe rate), as the paper does;
 - **tuned**: each method's learning rate chosen from a grid of three (the paper rate, ÷3 and ×3) by seed 0's
   score on a **validation split**, then seeds 0-2 at that rate.
+
+Status: {status}.
 
 Wall time of the whole suite on this machine (2 cores, two runs at a time, one thread each): {wall}.
 """

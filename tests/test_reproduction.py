@@ -103,3 +103,15 @@ def test_smoke_suite_runs_every_family_resumes_and_regenerates_the_same_report(t
             assert "not run" not in lines[f"| {report.LABELS[variant]}"], section
         assert (tmp_path / "figures" / f"{family.folder}.png").is_file()
     assert "| base model, untrained | 0 |" in text  # the untrained SmolLM2's test loss and MMLU
+
+
+def test_wall_time_is_the_union_of_run_spans_without_the_pauses_between_calls(tmp_path):
+    spans = [("10:00:00", "10:01:00"), ("10:00:30", "10:02:00"), ("10:04:00", "10:05:00"),  # one stretch: 5 min
+             ("12:00:00", "12:03:00")]  # a later call, after a two-hour pause: 3 min more
+    for index, (start, end) in enumerate(spans):
+        run = tmp_path / f"r{index}" / "x"
+        run.mkdir(parents=True)
+        (run / "status.json").write_text(
+            f'{{"status": "completed", "started": "2026-12-03T{start}+00:00", "updated": "2026-12-03T{end}+00:00"}}')
+    text = report.wall_time(tmp_path)
+    assert text.startswith("0.13 h (8 min) of running time, in 2 stretch(es) from 2026-12-03T10:00+00:00"), text
