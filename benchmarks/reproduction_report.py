@@ -275,9 +275,10 @@ def bar_chart(result: FamilyResult, figures: Path) -> Path | None:
 
     rows = [row for rows in (result.paper, result.tuned) for row in rows.values() if row is not None]
     unique = list({tuple(row.runs): row for row in rows}.values())
-    if not unique:
-        return None
-    drawn = figure(panels(Comparison(result.family.title, unique, None), list(result.family.test)))
+    metrics = [metric for metric in result.family.test if any(metric in row.metrics for row in unique)]
+    if not metrics:
+        return None  # nothing has finished yet (or MMLU has not run)
+    drawn = figure(panels(Comparison(result.family.title, unique, None), metrics))
     path = figures / f"{result.family.folder}.png"
     save(drawn, path)
     return path
