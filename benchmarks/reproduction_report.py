@@ -284,7 +284,7 @@ def bar_chart(result: FamilyResult, figures: Path) -> Path | None:
     return path
 
 
-def figure1(root: Path, figures: Path) -> tuple[Path | None, dict[str, dict[str, float]]]:
+def figure1(root: Path, figures: Path) -> tuple[Path | None, dict[str, dict]]:
     """Figure 1's three settings on LoRA r=8 (mean similarity of the learned A's and B's per layer and target):
     (a) one task, seeds 0-4; (b) two tasks, the same init (seed s on both); (c) two tasks, different inits."""
     from asymtune.analysis.similarity import load_factors, pairwise
@@ -300,13 +300,16 @@ def figure1(root: Path, figures: Path) -> tuple[Path | None, dict[str, dict[str,
 
     one = by_seed(first, reproduce.FIGURE1_SEEDS)
     other = by_seed(second, reproduce.SEEDS)
-    settings: dict[str, list[list[dict]]] = {
-        "(a) same task, 5 seeds": [list(one.values())] if len(one) >= 2 else [],
-        "(b) two tasks, same init": [[one[s], other[s]] for s in sorted(set(one) & set(other))],
-        "(c) two tasks, different inits": [[one[s], other[t]] for s, t in itertools.product(sorted(one), sorted(other))
-                                           if s != t and s in reproduce.SEEDS],
+    task = first.title.split(" on ")[-1]
+    same = sorted(set(one) & set(other))
+    different = [(s, t) for s, t in itertools.product(sorted(one), sorted(other)) if s != t and s in reproduce.SEEDS]
+    settings: dict[str, tuple[str, list[list[dict]]]] = {  # key: (title, groups of runs compared pairwise)
+        "a": (f"(a) one task ({task}), {len(one)} seeds", [list(one.values())] if len(one) >= 2 else []),
+        "b": (f"(b) two tasks, same init ({len(same)} pairs)", [[one[s], other[s]] for s in same]),
+        "c": (f"(c) two tasks, other inits ({len(different)} pairs)", [[one[s], other[t]] for s, t in different]),
     }
-    results = {name: average([pairwise(group) for group in groups]) for name, groups in settings.items() if groups}
+    results = {key: (title, average([pairwise(group) for group in groups]))
+               for key, (title, groups) in settings.items() if groups}
     if not results:
         return None, {}
     import matplotlib
@@ -314,8 +317,9 @@ def figure1(root: Path, figures: Path) -> tuple[Path | None, dict[str, dict[str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 4.6), squeeze=False)
-    for column, (name, result) in enumerate(results.items()):
+    fig, axes = plt.subplots(2, len(results), figsize=(4.0 * len(results) + 1.2, 5.0), squeeze=False,
+                             layout="constrained")
+    for column, (title, result) in enumerate(results.values()):
         for row, which in enumerate(("A", "B")):
             values = result[which]
             layers = sorted({layer for layer, _ in values})
@@ -324,16 +328,17 @@ def figure1(root: Path, figures: Path) -> tuple[Path | None, dict[str, dict[str,
             axis = axes[row][column]
             image = axis.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
             axis.set_xticks(range(len(layers)), [str(layer) for layer in layers])
-            axis.set_yticks(range(len(targets)), targets)
-            axis.set_title(f"{name}\nlearned {which}" if row == 0 else f"learned {which}", fontsize=9)
-            axis.set_xlabel("layer", fontsize=8)
+            axis.set_yticks(range(len(targets)), targets if column == 0 else [])
+            axis.set_title(f"{title}\nlearned {which}" if row == 0 else f"learned {which}", fontsize=9)
+            if row == 1:
+                axis.set_xlabel("layer", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="subspace similarity")
     path = figures / "figure1_similarity.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
-    means = {name: {which: statistics.fmean(result[which].values()) for which in ("A", "B")}
-             for name, result in results.items()}
+    means = {key: {"title": title, **{which: statistics.fmean(result[which].values()) for which in ("A", "B")}}
+             for key, (title, result) in results.items()}
     return path, means
 
 
@@ -343,11 +348,10 @@ def average(results: list[dict[str, dict]]) -> dict[str, dict]:
             for which in ("A", "B")}
 
 
-def figure1_verdict(means: dict[str, dict[str, float]]) -> str:
+def figure1_verdict(means: dict[str, dict]) -> str:
     """The paper's finding: B's alike by task (a: B > A), A's alike only by shared init (b: A > B, and A higher in b
     than in c)."""
-    a, b, c = (means.get(k) for k in ("(a) same task, 5 seeds", "(b) two tasks, same init",
-                                       "(c) two tasks, different inits"))
+    a, b, c = (means.get(key) for key in "abc")
     if not (a and b and c):
         return "not decided (runs missing)"
     checks = {"(a) B's more alike than A's on one task": a["B"] > a["A"],
@@ -414,7 +418,7 @@ def render(root: Path, figures: Path, output: Path) -> str:
     if path is not None:
         parts += [f"![Figure 1]({link(path, output)})", "",
                   "| setting | mean similarity of A's | mean similarity of B's |", "|---|---|---|"]
-        parts += [f"| {name} | {m['A']:.3f} | {m['B']:.3f} |" for name, m in means.items()]
+        parts += [f"| {m['title']} | {m['A']:.3f} | {m['B']:.3f} |" for m in means.values()]
         parts += ["", f"Verdict: {figure1_verdict(means)}.", ""]
     else:
         parts += ["Not run.", ""]
