@@ -12,6 +12,8 @@ Step = forward + backward + AdamW step; the median of --steps timed steps after 
   python benchmarks/step_time.py --model llama2-7b --device cuda    # GPU, bf16 random weights
   python benchmarks/step_time.py --model llama2-7b --device cuda --quantize-4bit \
       --variants peft_lora,asymtune_b_only                          # QLoRA: NF4 base (bitsandbytes)
+With --liger every variant's base model runs Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear
+cross-entropy (what axolotl turns on; patched per process, so plain and Liger are two invocations).
 With --quantize-4bit every linear layer but the LM head becomes a bitsandbytes NF4 layer (double
 quantization, compute in the model dtype) and the fused path fuses the adapter branch only.
 GPU peak memory counts from the end of the model's build (weights, optimizer state, the steps).
@@ -68,6 +70,10 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     finally:
         torch.set_default_dtype(default_dtype)
     model.requires_grad_(False)
+    if args.liger:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(model=model)  # the logits are never materialised: the loss is fused
     if args.quantize_4bit:
         quantize_4bit(model, dtype, args.device)
     targets = TARGETS[args.targets]
@@ -147,6 +153,7 @@ class Bench:
             "device": torch.cuda.get_device_name() if self.cuda else "cpu",
             "dtype": "bfloat16" if self.cuda else "float32",
             "base_weights": "nf4" if args.quantize_4bit else "dense",
+            "liger": args.liger,
             "batch": args.batch,
             "seq": args.seq,
             "targets": args.targets,
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
     )
+    parser.add_argument("--liger", action="store_true", help="Liger Kernel's fused ops in the base model (CUDA)")
     parser.add_argument("--quantize-4bit", action="store_true", help="NF4 base weights through bitsandbytes (QLoRA)")
     parser.add_argument(
         "--interleave",
