@@ -47,6 +47,7 @@ class Row:
     trainable_percent: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     spread: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # of a group: how many of its runs report each metric
     runs: list[str] = field(default_factory=list)
     task: str = ""
     reports: str = ""  # a paper row: the method (as `method_name` says it) of the variant it reports, if one
@@ -419,6 +420,7 @@ def _group_row(members: list[Member]) -> Row:
     for name in metric_columns([Row(label="", status="", metrics=m) for m in metrics]):
         values = [m[name] for m in metrics if name in m]
         row.metrics[name] = statistics.fmean(values)
+        row.counts[name] = len(values)
         if len(values) > 1:
             row.spread[name] = statistics.stdev(values)
     return row

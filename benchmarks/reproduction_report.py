@@ -70,9 +70,10 @@ def variant_row(root: Path, recipe_file: Path, rate: float, seeds: tuple[int, ..
 
 
 def cell(row: Row | None, metric: str) -> Cell | None:
+    """A row's result on `metric`, counting the runs that report it (an evaluation may not have reached them all)."""
     if row is None or metric not in row.metrics:
         return None
-    return Cell(row.metrics[metric], row.spread.get(metric), len(row.runs))
+    return Cell(row.metrics[metric], row.spread.get(metric), row.counts.get(metric, len(row.runs)))
 
 
 def compared(x: Cell | None, y: Cell | None, higher_is_better: bool) -> str:

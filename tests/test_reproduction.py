@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import reproduce
 import reproduction_report as report
 
-from asymtune.compare import Row
+from asymtune.compare import Row, collect
 
 BBC = next(family for family in reproduce.FAMILIES if family.folder == "bbc_news")
 FAQ = next(family for family in reproduce.FAMILIES if family.folder == "construction_faq")
@@ -57,6 +57,17 @@ def row(mean, std, n=3, metric="eval_test_accuracy"):
 def test_two_variants_differ_only_when_their_error_bars_do_not_overlap(x, y, higher, expected):
     metric = next(iter(x.metrics))
     assert report.compared(report.cell(x, metric), report.cell(y, metric), higher) == expected
+
+
+def test_a_cell_counts_only_the_seeds_an_evaluation_reached(tmp_path):
+    runs = [fake_run(tmp_path, "v", seed=seed, metrics={"eval_loss": 3.7 + seed / 100,
+                                                        **({"mmlu_average": 0.25} if seed == 0 else {})})
+            for seed in (0, 1, 2)]
+    [grouped] = collect(runs, None)
+    assert report.cell(grouped, "eval_loss").n == 3
+    mmlu = report.cell(grouped, "mmlu_average")
+    assert (mmlu.n, mmlu.std) == (1, None)  # one seed evaluated so far: no std, and no verdict from it
+    assert report.compared(mmlu, report.cell(grouped, "eval_loss"), True) == "one seed: undecided"
 
 
 def test_claims_that_a_method_matches_hold_without_a_clear_difference_and_beats_need_one():
