@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,9 @@ FAMILIES = (
            ("train.max_steps=2", "data.test_envs=rot30")),
 )
 FIGURE1 = ("bbc_news", "rotten_tomatoes")  # LoRA r=8 on two tasks
+GRID_STEP = 3.0  # the tuned protocol's step beyond a grid's edge
+GRID_EXTENSIONS = 1  # steps beyond the edge at most, where the best rate keeps being the highest (or lowest) tried
+DIVERGED = "training loss became"  # how a run stopped on a non-finite loss starts its error (callbacks.NonFiniteLoss)
 
 
 def run_name(recipe_file: Path, learning_rate: float) -> str:
@@ -90,40 +95,94 @@ def job(recipe_file: Path, learning_rate: float, seed: int, extra: tuple[str, ..
 
 
 def train(work: list[tuple[Path, Job]], root: Path, log, workers: int) -> list[RunDir | None]:
-    """Train each (recipe file, job) not already done, `workers` `asymtune train` processes at a time (the cores
-    shared out between them; each one's output in ROOT/logs/); the completed run of each, None where it failed."""
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    """Train each (recipe file, job) not already done in `workers` long-lived processes (the cores shared out
+    between them; each run's output in ROOT/logs/); the completed run of each, None where it failed.
 
-    def one(recipe_file: Path, item: Job) -> RunDir | None:
-        label = f"{item.recipe.name} seed {item.recipe.seed}"
-        run = finished_run(root, item.recipe)
-        if run is not None:
-            log(f"{label}: done already ({run.path.name})")
-            return run
-        log(f"{label}: training")
-        command = [sys.executable, "-m", "asymtune.cli", "train", str(recipe_file), "--output-dir", str(root)]
-        command += [arg for override in item.overrides for arg in ("--set", override)]
-        logs = root / "logs" / f"{item.recipe.name}-seed{item.recipe.seed}.log"
-        logs.parent.mkdir(parents=True, exist_ok=True)
-        with logs.open("w") as output:
-            code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, check=False,
-                                  env={**os.environ, "OMP_NUM_THREADS": threads}).returncode
-        run = finished_run(root, item.recipe) if code == 0 else None
-        log(f"{label}: {'done' if run else f'FAILED, see {logs} (the suite goes on; a later call retries it)'}")
-        return run
+    A worker trains run after run in-process, as `asymtune train` would, so torch, transformers and TRL are imported
+    once per worker rather than once per run (about 20 s each on a 2-core CPU)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    todo = [(recipe_file, item) for recipe_file, item in work
+            if finished_run(root, item.recipe) is None and not diverged(root, item.recipe)]
+    log(f"{len(work) - len(todo)} of {len(work)} runs done (or diverged) already; training {len(todo)}")
+    if todo:
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch thread pool carried over a fork
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=limit_threads, initargs=(threads,)) as pool:
+            futures = {}
+            for recipe_file, item in todo:
+                logs = root / "logs" / f"{item.recipe.name}-seed{item.recipe.seed}.log"
+                futures[pool.submit(train_one, recipe_file, item.overrides, root, logs)] = (item, logs)
+            for future in as_completed(futures):
+                item, logs = futures[future]
+                ok = future.result()
+                log(f"{item.recipe.name} seed {item.recipe.seed}: "
+                    f"{'done' if ok else f'FAILED, see {logs} (the suite goes on; a later call retries it)'}")
+    return [finished_run(root, item.recipe) for _, item in work]
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda pair: one(*pair), work))
+
+def limit_threads(threads: int) -> None:
+    """A worker's share of the cores, set before torch is first imported in it."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def best_rate(family: Family, recipe_file: Path, runs: dict[float, RunDir]) -> float:
-    """The grid's learning rate with the best validation score (ties: the paper protocol's rate, then the lower)."""
-    scores = {rate: run_metrics(run).get(family.validation) for rate, run in runs.items()}
+def train_one(recipe_file: Path, overrides: tuple[str, ...], root: Path, logs: Path) -> bool:
+    """`asymtune train RECIPE_FILE --output-dir ROOT --set ...` in this process, its output into `logs`; whether
+    the run completed (an error is logged there, and the worker goes on to its next run)."""
+    from asymtune import lifecycle
+
+    argv = ["asymtune", "train", str(recipe_file), "--output-dir", str(root)]
+    argv += [arg for override in overrides for arg in ("--set", override)]
+    with logs.open("w") as output:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        try:
+            lifecycle.train(recipe_file, overrides, root, None, argv, print)
+            return True
+        except (Exception, SystemExit):
+            traceback.print_exc()
+            return False
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def best_rate(family: Family, recipe_file: Path, runs: dict[float, RunDir | None]) -> float:
+    """The learning rate with the best validation score (ties: the paper protocol's rate, then the lower); a None
+    run diverged and is no candidate."""
+    scores = {rate: run_metrics(run).get(family.validation) for rate, run in runs.items() if run is not None}
     scored = {rate: score for rate, score in scores.items() if score is not None}
     if not scored:
         raise SystemExit(f"{recipe_file}: no run of the grid reports {family.validation}")
     sign = 1 if family.higher_is_better else -1
     return max(scored, key=lambda rate: (sign * scored[rate], rate == family.learning_rate, -rate))
+
+
+def beyond_edge(best: float, tried: dict[float, RunDir | None]) -> float | None:
+    """The next rate out (×3 or ÷3) where `best` is the highest or lowest rate tried and did not diverge there."""
+    for edge, rate in ((max(tried), best * GRID_STEP), (min(tried), best / GRID_STEP)):
+        rate = float(f"{rate:g}")  # 0.009, not 0.009000000000000001: the rate as run names and recipes write it
+        if best == edge and rate not in tried:
+            return rate
+    return None
+
+
+def diverged(root: Path, recipe: recipes.Recipe) -> bool:
+    """Whether a run of exactly this recipe stopped on a non-finite loss (its learning rate is too high)."""
+    wanted = recipes.to_yaml(recipe)
+    for status in sorted((root / recipe.name).glob("*/status.json")):
+        run = RunDir(status.parent)
+        error = (run.read_json("status.json") or {}).get("error") or ""
+        if run.status == "failed" and error.startswith(DIVERGED) and run.recipe_file.is_file() and recipes.to_yaml(
+                recipes.load(run.recipe_file, check_files=False)) == wanted:
+            return True
+    return False
 
 
 def paper_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, workers: int) -> None:
@@ -134,21 +193,40 @@ def paper_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, w
 
 
 def tuned_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, workers: int) -> None:
-    """Per variant: the grid at the first seed, the rate best on validation (recorded in ROOT/tuned.json), then every
-    seed at that rate."""
+    """Per variant: the grid at the first seed; where the best validation score is at the grid's edge, one more step
+    out (a run that diverges there counts as worse); the best rate (recorded in ROOT/tuned.json); then every seed at
+    that rate."""
     first = seeds_of(smoke)[0]
-    grids = [(family, recipe_file, (family.learning_rate,) if smoke else family.grid)
-             for family in families for recipe_file in family.variants(smoke)]
-    work = [(recipe_file, job(recipe_file, rate, first, family.smoke if smoke else ()))
-            for family, recipe_file, grid in grids for rate in grid]
-    runs = iter(train(work, root, log, workers))
+
+    def first_seed(family: Family, recipe_file: Path, rate: float) -> tuple[Path, Job]:
+        return recipe_file, job(recipe_file, rate, first, family.smoke if smoke else ())
+
+    variants = [(family, recipe_file) for family in families for recipe_file in family.variants(smoke)]
+    tried: dict[tuple[Family, Path], dict[float, RunDir | None]] = {variant: {} for variant in variants}
+    pending = {variant: (variant[0].learning_rate,) if smoke else variant[0].grid for variant in variants}
+    unfinished = set()
+    for extension in range(1 + (0 if smoke else GRID_EXTENSIONS)):
+        points = [(variant, rate) for variant, rates in pending.items() for rate in rates]
+        if extension:
+            log(f"the tuned protocol: {len(points)} variants best at the edge of their grid, one step beyond")
+        for (variant, rate), run in zip(points, train([first_seed(*v, r) for v, r in points], root, log, workers),
+                                        strict=True):
+            if run is None and not diverged(root, first_seed(*variant, rate)[1].recipe):
+                unfinished.add(variant)  # failed otherwise: a later call retries it before choosing
+            tried[variant][rate] = run
+        pending = {}
+        for variant in variants:
+            if variant not in unfinished:
+                rate = beyond_edge(best_rate(*variant, tried[variant]), tried[variant])
+                if rate is not None:
+                    pending[variant] = (rate,)
     chosen_work = []
-    for family, recipe_file, grid in grids:
-        by_rate = {rate: next(runs) for rate in grid}
-        if any(run is None for run in by_rate.values()):
-            continue  # a failed grid point: a later call retries it before choosing
-        chosen = best_rate(family, recipe_file, by_rate)
-        record_choice(root, recipe_file, family, chosen, by_rate)
+    for variant in variants:
+        if variant in unfinished:
+            continue
+        family, recipe_file = variant
+        chosen = best_rate(family, recipe_file, tried[variant])
+        record_choice(root, recipe_file, family, chosen, tried[variant], at_edge=variant in pending)
         chosen_work += [(recipe_file, job(recipe_file, chosen, seed, family.smoke if smoke else ()))
                         for seed in seeds_of(smoke)]
     train(chosen_work, root, log, workers)
@@ -158,13 +236,16 @@ def seeds_of(smoke: bool) -> tuple[int, ...]:
     return SEEDS[:1] if smoke else SEEDS
 
 
-def record_choice(root: Path, recipe_file: Path, family: Family, chosen: float, runs: dict[float, RunDir]) -> None:
-    """Add the tuned protocol's pick for one variant to ROOT/tuned.json (read by reproduction_report.py)."""
+def record_choice(root: Path, recipe_file: Path, family: Family, chosen: float, runs: dict[float, RunDir | None],
+                  at_edge: bool) -> None:
+    """Add the tuned protocol's pick for one variant to ROOT/tuned.json (read by reproduction_report.py): the rate,
+    each tried rate's validation score ("diverged" where it did), and whether the pick is still the edge of them."""
     path = root / "tuned.json"
     choices = json.loads(path.read_text()) if path.is_file() else {}
     choices[recipes.load(recipe_file, check_files=False).name] = {
-        "family": family.folder, "learning_rate": chosen, "validation_metric": family.validation,
-        "grid": {f"{rate:g}": run_metrics(run).get(family.validation) for rate, run in runs.items()},
+        "family": family.folder, "learning_rate": chosen, "validation_metric": family.validation, "at_edge": at_edge,
+        "grid": {f"{rate:g}": run_metrics(run).get(family.validation) if run is not None else "diverged"
+                 for rate, run in sorted(runs.items())},
     }
     atomic.write_json(path, choices)
 

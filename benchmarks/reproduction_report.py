@@ -94,17 +94,21 @@ class FamilyResult:
     paper: dict[str, Row | None]   # variant -> row, the paper protocol
     tuned: dict[str, Row | None]   # variant -> row, the tuned protocol
     rates: dict[str, float]        # variant -> the tuned protocol's learning rate
+    grids: dict[str, dict]         # variant -> each tried rate's validation score (or "diverged"), from tuned.json
+    edges: set[str]                # variants whose chosen rate is still the highest or lowest tried
     base: Row | None               # the base model's evaluations (instruction tuning)
 
 
 def family_result(root: Path, family: reproduce.Family, choices: dict) -> FamilyResult:
-    paper, tuned, rates = {}, {}, {}
+    paper, tuned, rates, grids, edges = {}, {}, {}, {}, set()
     for recipe_file in family.variants(smoke=False):
         variant = recipe_file.stem
         paper[variant] = variant_row(root, recipe_file, family.learning_rate, reproduce.SEEDS)
         choice = choices.get(recipes.load(recipe_file, check_files=False).name)
         if choice is not None:
-            rates[variant] = choice["learning_rate"]
+            rates[variant], grids[variant] = choice["learning_rate"], choice["grid"]
+            if choice.get("at_edge"):
+                edges.add(variant)
             tuned[variant] = variant_row(root, recipe_file, choice["learning_rate"], reproduce.SEEDS)
     base = None
     if "mmlu_average" in family.test:
@@ -115,7 +119,7 @@ def family_result(root: Path, family: reproduce.Family, choices: dict) -> Family
         lora = paper.get("lora_r8")
         if base is not None and lora is not None and "eval_loss_before" in lora.metrics:
             base.metrics["eval_loss"] = lora.metrics["eval_loss_before"]  # the untrained model on the same test rows
-    return FamilyResult(family, paper, tuned, rates, base)
+    return FamilyResult(family, paper, tuned, rates, grids, edges, base)
 
 
 def paper_cell(family: str, variant: str) -> str:
@@ -251,21 +255,39 @@ def overall(tally: list[str]) -> str:
 
 
 def rate_advice(results: list[FamilyResult]) -> str:
-    """The tuned protocol's rates of LoRA and B-only per family, and how often B-only's was higher."""
+    """The tuned protocol's rate of each variant per family (marked where it is still the edge of the rates tried),
+    how B-only r=16's compares with LoRA r=8's, and every tried rate's validation score."""
     lines = ["| family | " + " | ".join(LABELS[v].split(" (")[0] for v in reproduce.VARIANTS) + " |",
              "|---|" + "---|" * len(reproduce.VARIANTS)]
-    higher = compared_families = 0
+    higher = equal = compared_families = edges = chosen = 0
     for result in results:
-        rates = [f"{result.rates[v]:g}" if v in result.rates else "" for v in reproduce.VARIANTS]
+        rates = [f"{result.rates[v]:g}" + (" (edge)" if v in result.edges else "") if v in result.rates else ""
+                 for v in reproduce.VARIANTS]
         lines.append(f"| {result.family.title} (paper protocol: {result.family.learning_rate:g}) | "
                      + " | ".join(rates) + " |")
+        edges, chosen = edges + len(result.edges), chosen + len(result.rates)
         lora, b_only = result.rates.get("lora_r8"), result.rates.get("b_only_r16")
         if lora is not None and b_only is not None:
             compared_families += 1
-            higher += b_only > lora
-    lines += ["", f"B-only r=16's chosen rate was higher than LoRA r=8's in {higher} of {compared_families} "
-              "families."]
+            higher, equal = higher + (b_only > lora), equal + (b_only == lora)
+    lines += ["", f"B-only r=16's chosen rate was higher than LoRA r=8's in {higher} of {compared_families} families "
+              f"and the same in {equal}. {edges} of {chosen} chosen rates are still the highest (or lowest) rate tried "
+              "(marked edge): their best rate may lie further out.", "",
+              "Validation score of every rate tried (seed 0; the chosen one in bold):", "",
+              "| family | variant | validation metric | score by learning rate |", "|---|---|---|---|"]
+    for result in results:
+        for variant in reproduce.VARIANTS:
+            if variant not in result.grids:
+                continue
+            scores = [(f"**{rate}: {score_text(score)}**" if float(rate) == result.rates[variant]
+                       else f"{rate}: {score_text(score)}") for rate, score in result.grids[variant].items()]
+            lines.append(f"| {result.family.title} | {LABELS[variant].split(' (')[0]} | "
+                         f"{result.family.validation} | {' · '.join(scores)} |")
     return "\n".join(lines)
+
+
+def score_text(score: float | str | None) -> str:
+    return score if isinstance(score, str) else "none" if score is None else f"{score:.4f}"
 
 
 def bar_chart(result: FamilyResult, figures: Path) -> Path | None:
@@ -464,8 +486,9 @@ chosen on**; the split is fixed (`data.split_seed`), so every method and seed is
 
 Two protocols, side by side:
 - **paper protocol**: one learning rate for every method (the family's recipe rate), as the paper does;
-- **tuned**: each method's learning rate chosen from a grid of three (the paper rate, ÷3 and ×3) by seed 0's
-  score on a **validation split**, then seeds 0-2 at that rate.
+- **tuned**: each method's learning rate chosen from a grid of three (the paper rate, ÷3 and ×3), searched one
+  more step of 3 out where the best was the grid's highest or lowest, by seed 0's score on a **validation split**,
+  then seeds 0-2 at that rate.
 
 Status: {status}.
 

@@ -12,6 +12,7 @@ import reproduce
 import reproduction_report as report
 
 from asymtune.compare import Row, collect
+from asymtune.runs import RunDir
 
 BBC = next(family for family in reproduce.FAMILIES if family.folder == "bbc_news")
 FAQ = next(family for family in reproduce.FAMILIES if family.folder == "construction_faq")
@@ -30,6 +31,32 @@ def test_the_tuned_protocol_picks_the_best_validation_score(tmp_path):
     assert reproduce.best_rate(BBC, recipe_file, tied) == BBC.learning_rate  # ties: the paper protocol's rate
     losses = grid_runs(tmp_path / "loss", FAQ.validation, {3e-4: 3.9, 1e-3: 3.7, 3e-3: 3.8})
     assert reproduce.best_rate(FAQ, recipe_file, losses) == 1e-3  # a loss: lower is better
+
+
+def test_a_best_rate_at_the_grids_edge_is_searched_one_step_beyond(tmp_path):
+    recipe_file = Path("x.yaml")
+    runs = grid_runs(tmp_path, BBC.validation, {1e-3: 0.80, 3e-3: 0.85, 1e-2: 0.91})
+    assert reproduce.beyond_edge(reproduce.best_rate(BBC, recipe_file, runs), runs) == 0.03
+    runs[0.03] = None  # diverged there: no candidate, and the best is bracketed
+    assert reproduce.best_rate(BBC, recipe_file, runs) == 1e-2
+    assert reproduce.beyond_edge(1e-2, runs) is None
+    low = grid_runs(tmp_path / "low", BBC.validation, {1e-3: 0.95, 3e-3: 0.85, 1e-2: 0.80})
+    assert reproduce.beyond_edge(reproduce.best_rate(BBC, recipe_file, low), low) == float(f"{1e-3 / 3:g}")
+    inside = grid_runs(tmp_path / "in", BBC.validation, {1e-3: 0.80, 3e-3: 0.91, 1e-2: 0.85})
+    assert reproduce.beyond_edge(3e-3, inside) is None
+
+
+def test_a_run_that_diverged_counts_as_tried_and_is_not_retrained(tmp_path):
+    recipe_file = reproduce.RECIPES / "bbc_news" / "lora_r8.yaml"
+    item = reproduce.job(recipe_file, 0.03, 0, ())
+    run = RunDir.create(tmp_path, item.recipe.name)
+    run.write_recipe(item.recipe)
+    run.set_status("failed", error="training loss became nan at step 7; try a lower train.learning_rate")
+    assert reproduce.diverged(tmp_path, item.recipe)
+    assert not reproduce.diverged(tmp_path, reproduce.job(recipe_file, 0.03, 1, ()).recipe)  # another seed
+    lines = []
+    assert reproduce.train([(recipe_file, item)], tmp_path, lines.append, workers=1) == [None]
+    assert lines == ["1 of 1 runs done (or diverged) already; training 0"]
 
 
 def test_every_repro_recipe_validates_and_every_variant_exists():
@@ -74,12 +101,12 @@ def test_claims_that_a_method_matches_hold_without_a_clear_difference_and_beats_
     matches, beats = report.CLAIMS[1], report.CLAIMS[2]
     close = {"b_only_r8": row(0.90, 0.02), "lora_r8": row(0.91, 0.02), "a_only_r8": row(0.89, 0.02),
              "b_only_r16": row(0.92, 0.01), "a_only_r16": row(0.80, 0.01)}
-    result = report.FamilyResult(BBC, paper=close, tuned={}, rates={}, base=None)
+    result = report.FamilyResult(BBC, paper=close, tuned={}, rates={}, grids={}, edges=set(), base=None)
     assert report.judge(matches, result, "eval_test_accuracy", "paper")[0] == "holds (no clear difference)"
     assert report.judge(beats, result, "eval_test_accuracy", "paper")[0] == "inconclusive"  # r=8 too close
     assert report.judge(beats, result, "eval_test_accuracy", "tuned")[0] == "not decided (runs missing)"
     worse = {**close, "b_only_r8": row(0.70, 0.01)}
-    assert report.judge(matches, report.FamilyResult(BBC, worse, {}, {}, None), "eval_test_accuracy",
+    assert report.judge(matches, report.FamilyResult(BBC, worse, {}, {}, {}, set(), None), "eval_test_accuracy",
                         "paper")[0] == "does not hold"
 
 
@@ -125,3 +152,15 @@ def test_wall_time_is_the_union_of_run_spans_without_the_pauses_between_calls(tm
             f'{{"status": "completed", "started": "2026-12-03T{start}+00:00", "updated": "2026-12-03T{end}+00:00"}}')
     text = report.wall_time(tmp_path)
     assert text.startswith("0.13 h (8 min) of running time, in 2 stretch(es) from 2026-12-03T10:00+00:00"), text
+
+
+def test_the_rates_table_says_where_b_only_chose_a_higher_rate_and_which_choices_sit_at_an_edge():
+    result = report.FamilyResult(
+        BBC, {}, {}, rates={"lora_r8": 3e-3, "b_only_r16": 1e-2},
+        grids={"lora_r8": {"0.001": 0.8, "0.003": 0.9, "0.01": 0.85},
+               "b_only_r16": {"0.001": 0.7, "0.003": 0.8, "0.01": 0.9, "0.03": "diverged"}},
+        edges={"lora_r8"}, base=None)
+    text = report.rate_advice([result])
+    assert "| 0.003 (edge) | | 0.01 |" in text.replace("|  |", "| |")
+    assert "higher than LoRA r=8's in 1 of 1 families and the same in 0. 1 of 2 chosen rates" in text
+    assert "**0.01: 0.9000** · 0.03: diverged" in text and "0.001: 0.8000 · **0.003: 0.9000**" in text
