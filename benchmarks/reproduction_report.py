@@ -16,7 +16,7 @@ import itertools
 import json
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -302,7 +302,13 @@ def bar_chart(result: FamilyResult, figures: Path) -> Path | None:
     metrics = [metric for metric in result.family.test if any(metric in row.metrics for row in unique)]
     if not metrics:
         return None  # nothing has finished yet (or MMLU has not run)
-    drawn = figure(panels(Comparison(result.family.title, unique, None), metrics))
+    both = [metric for metric in metrics if metric not in PAPER_PROTOCOL_ONLY]
+    drawn = panels(Comparison(result.family.title, unique, None), both)
+    if len(both) < len(metrics):  # MMLU's bars: the paper protocol's runs, the only ones it evaluates
+        paper_rows = [row for row in result.paper.values() if row is not None]
+        only = panels(Comparison(result.family.title, paper_rows, None), [m for m in metrics if m not in both])
+        drawn = replace(drawn, finals={**drawn.finals, **only.finals})
+    drawn = figure(drawn)
     path = figures / f"{result.family.folder}.png"
     save(drawn, path)
     return path
