@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         run_suite(args, root)
     except KeyboardInterrupt:
         raise SystemExit(f"stopped; the completed runs are kept in {root}, and the same command resumes") from None
+    except BrokenProcessPool:  # killed from outside, or by the kernel for memory: its run's log says how far it got
+        raise SystemExit(f"a training worker died; the completed runs are kept in {root} (each run's output in "
+                         f"{root / 'logs'}), and the same command resumes") from None
     finally:
         signal.signal(signal.SIGTERM, stop)
 
