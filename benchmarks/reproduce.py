@@ -320,7 +320,8 @@ def run_suite(args: argparse.Namespace, root: Path) -> None:
     started = time.time()
 
     def log(line: str) -> None:
-        print(f"[reproduce {time.time() - started:7.0f}s] {line}", flush=True)
+        sys.stdout.write(f"[reproduce {time.time() - started:7.0f}s] {line}\n")  # one write: MMLU logs from threads
+        sys.stdout.flush()
 
     log("the paper protocol: one learning rate for every method")  # first, so the core table is complete soonest
     paper_protocol(FAMILIES, root, args.smoke, log, args.jobs)
