@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,20 +50,24 @@ def plan(path: Path, seeds: list[int], grid: list[tuple[str, list[str]]], overri
     return jobs
 
 
-def finished_run(root: Path, recipe: recipes.Recipe) -> RunDir | None:
-    """A completed run under root/<name> trained from exactly this resolved recipe (defaults included: a run stored
-    before a key was added counts), if any."""
+def runs_of(root: Path, recipe: recipes.Recipe, status: str) -> Iterator[RunDir]:
+    """The runs under root/<name> with `status` trained from exactly this resolved recipe (defaults included: a run
+    stored before a key was added counts), oldest first."""
     wanted = recipes.to_yaml(recipe)
-    for status in sorted((root / recipe.name).glob("*/status.json")):
-        run = RunDir(status.parent)
-        if run.status == "completed" and run.recipe_file.is_file():
+    for path in sorted((root / recipe.name).glob("*/status.json")):
+        run = RunDir(path.parent)
+        if run.status == status and run.recipe_file.is_file():
             try:
                 stored = recipes.to_yaml(recipes.load(run.recipe_file, check_files=False))
             except recipes.RecipeError:
                 continue
             if stored == wanted:
-                return run
-    return None
+                yield run
+
+
+def finished_run(root: Path, recipe: recipes.Recipe) -> RunDir | None:
+    """A completed run trained from exactly this resolved recipe, if any."""
+    return next(runs_of(root, recipe, "completed"), None)
 
 
 def run_all(recipe_file: Path, jobs: list[Job], root: Path, log: Callable[[str], None]) -> list[str]:

@@ -70,6 +70,7 @@ def recipe(model: Path, data: str, steps: int, batch_size: int, max_length: int,
 def train_variant(spec: dict, root: Path, warmup: int) -> dict:
     """Train `spec` in this process; its losses by step, median step time after `warmup` steps and peak memory."""
     from asymtune import lifecycle
+    from asymtune.plotting.series import read_log
 
     root.mkdir(parents=True, exist_ok=True)
     recipe_file = root / f"{spec['name']}.yaml"
@@ -83,8 +84,7 @@ def train_variant(spec: dict, root: Path, warmup: int) -> dict:
     started = time.perf_counter()
     finished = lifecycle.train(recipe_file, (), root, None, ["liger_sft.py"], print)
     wall = time.perf_counter() - started
-    rows = [json.loads(line) for line in (finished.run.path / "logs" / "train.jsonl").read_text().splitlines()]
-    steps = [row for row in rows if "loss" in row and "step" in row]
+    steps = [row for row in read_log(finished.run) if "loss" in row]
     times = [b["time"] - a["time"] for a, b in itertools.pairwise(steps)][warmup:]
     result = {
         "variant": spec["name"], "liger_kernel": spec["train"]["liger_kernel"],

@@ -34,7 +34,7 @@ from asymtune import atomic
 from asymtune import recipe as recipes
 from asymtune.compare import run_metrics
 from asymtune.runs import RunDir
-from asymtune.sweep import Job, finished_run
+from asymtune.sweep import Job, finished_run, runs_of
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "repro"
 SEEDS = (0, 1, 2)
@@ -187,14 +187,8 @@ def beyond_edge(best: float, tried: dict[float, RunDir | None]) -> float | None:
 
 def diverged(root: Path, recipe: recipes.Recipe) -> bool:
     """Whether a run of exactly this recipe stopped on a non-finite loss (its learning rate is too high)."""
-    wanted = recipes.to_yaml(recipe)
-    for status in sorted((root / recipe.name).glob("*/status.json")):
-        run = RunDir(status.parent)
-        error = (run.read_json("status.json") or {}).get("error") or ""
-        if run.status == "failed" and error.startswith(DIVERGED) and run.recipe_file.is_file() and recipes.to_yaml(
-                recipes.load(run.recipe_file, check_files=False)) == wanted:
-            return True
-    return False
+    return any(((run.read_json("status.json") or {}).get("error") or "").startswith(DIVERGED)
+               for run in runs_of(root, recipe, "failed"))
 
 
 def paper_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, workers: int) -> None:
@@ -221,9 +215,9 @@ def tuned_protocol(families: tuple[Family, ...], root: Path, smoke: bool, log, w
         points = [(variant, rate) for variant, rates in pending.items() for rate in rates]
         if extension:
             log(f"the tuned protocol: {len(points)} variants best at the edge of their grid, one step beyond")
-        for (variant, rate), run in zip(points, train([first_seed(*v, r) for v, r in points], root, log, workers),
-                                        strict=True):
-            if run is None and not diverged(root, first_seed(*variant, rate)[1].recipe):
+        work = [first_seed(*variant, rate) for variant, rate in points]
+        for (variant, rate), (_, item), run in zip(points, work, train(work, root, log, workers), strict=True):
+            if run is None and not diverged(root, item.recipe):
                 unfinished.add(variant)  # failed otherwise: a later call retries it before choosing
             tried[variant][rate] = run
         pending = {}
