@@ -4,7 +4,9 @@ One process, one JSON line per variant on stdout:
   frozen_bound        the base model, every weight frozen, input gradients only (nothing can be faster)
   peft_lora           PEFT LoRA, A and B trained (PEFT's forward)
   peft_lora_a_frozen  PEFT LoRA with A frozen (PEFT's forward)
-  asymtune_b_only     asymtune B-only: A frozen orthogonal, fused frozen-A path
+  asymtune_b_only_per_layer  B-only: A frozen orthogonal, fused frozen-A path, each layer alone
+  asymtune_b_only     asymtune B-only as it trains: the fused path, siblings on one input (q/k/v,
+                      gate/up) as one node that reads x once (adapters/shared_input.py)
   asymtune_b_only_2r  the same at twice the rank (LoRA's parameter count for square layers)
 Step = forward + backward + AdamW step; the median of --steps timed steps after --warmup.
 
@@ -32,7 +34,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from asymtune.adapters import fused, lora
+from asymtune.adapters import fused, lora, shared_input
 from asymtune.recipe import AdapterSpec
 
 SHAPES = {
@@ -56,7 +58,14 @@ SHAPES = {
     ),
 }
 TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": "all-linear"}
-VARIANTS = ("frozen_bound", "peft_lora", "peft_lora_a_frozen", "asymtune_b_only", "asymtune_b_only_2r")
+VARIANTS = (
+    "frozen_bound",
+    "peft_lora",
+    "peft_lora_a_frozen",
+    "asymtune_b_only_per_layer",
+    "asymtune_b_only",
+    "asymtune_b_only_2r",
+)
 
 
 def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -93,6 +102,8 @@ def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
     )
     model = lora.apply(model, spec)
     fused.enable(model)
+    if not variant.endswith("_per_layer"):
+        shared_input.enable(model)
     return model
 
 

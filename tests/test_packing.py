@@ -8,7 +8,7 @@ from conftest import sft_recipe
 from transformers import LlamaForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from asymtune.adapters import fused, lora
+from asymtune.adapters import fused, lora, shared_input
 from asymtune.cli import main
 from asymtune.recipe import AdapterSpec
 from asymtune.runs import resolve
@@ -36,8 +36,8 @@ def test_a_packed_batch_gives_each_rows_loss_and_bs_gradient(tiny_llama_dir, fus
     def model():
         adapted = lora.apply(LlamaForCausalLM.from_pretrained(tiny_llama_dir), spec)
         if fused_path:
-            fused.enable(adapted)
-            assert fused.enabled_count(adapted) > 0
+            fused.enable(adapted)  # as training enables it: q/k/v run as one node per block
+            assert fused.enabled_count(adapted) > 0 and shared_input.enable(adapted) == 2
         return adapted
 
     padded_model = model()

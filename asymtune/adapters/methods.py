@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from transformers import TrainerCallback
 
 from asymtune import atomic
-from asymtune.adapters import factor_rates, fused, lora
+from asymtune.adapters import factor_rates, fused, lora, shared_input
 from asymtune.adapters.lora import ParameterCounts
 from asymtune.distributed import world_size
 from asymtune.recipe import AdapterSpec, Recipe
@@ -44,6 +44,7 @@ def build(
         peft_model = lora.apply(model, spec, task_type=task_type, modules_to_save=heads)
         if spec.fused and not spec.A.trainable:
             fused.enable(peft_model)
+            shared_input.enable(peft_model)
         return peft_model
     if spec.method == "full":
         return model.requires_grad_(True)

@@ -21,7 +21,7 @@ from transformers import PrinterCallback, Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
 from asymtune import trackers
-from asymtune.adapters import fused, methods
+from asymtune.adapters import fused, methods, shared_input
 from asymtune.adapters.lora import ParameterCounts, load_adapter, load_peft
 from asymtune.callbacks import (
     GracefulStop,
@@ -242,7 +242,9 @@ def prepare_model(
     spec = recipe.adapter
     if layers:
         over = " (adapter branch; the quantized base runs bitsandbytes' kernel)" if model_is_quantized else ""
-        console.print(f"fused frozen-A path on {layers} LoRA layers{over}")
+        groups = shared_input.group_count(adapted)
+        siblings = f"; {groups} groups of siblings read their input once" if groups else ""
+        console.print(f"fused frozen-A path on {layers} LoRA layers{over}{siblings}")
     elif spec.method == "lora" and spec.fused and not spec.A.trainable:
         console.print("fused frozen-A path off: no target is an nn.Linear; PEFT's LoRA forward is used")
     return adapted, counts
