@@ -29,8 +29,9 @@ SHAPES = {  # name: (step_time --model, batch, seq)
     "tiny-2x16": ("tiny", 2, 16),
 }
 KERNELS = {  # name: (extra step_time arguments, variants)
-    "plain": ([], "frozen_bound,peft_lora,asymtune_b_only_per_layer,asymtune_b_only,asymtune_b_only_2r"),
-    "liger": (["--liger"], "frozen_bound,peft_lora,asymtune_b_only,asymtune_b_only_2r"),
+    "plain": ([], "frozen_bound,peft_lora,asymtune_b_only_per_layer,asymtune_b_only,asymtune_b_only_dy_once,"
+                  "asymtune_b_only_2r"),
+    "liger": (["--liger"], "frozen_bound,peft_lora,asymtune_b_only,asymtune_b_only_dy_once,asymtune_b_only_2r"),
     "unsloth": ([], "unsloth_lora"),
 }
 LORA_PEERS = ("peft_lora", "unsloth_lora")

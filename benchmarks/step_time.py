@@ -8,6 +8,8 @@ One process, one JSON line per variant on stdout:
   asymtune_b_only     asymtune B-only as it trains: the fused path, siblings on one input (q/k/v,
                       gate/up) as one node that reads x once (adapters/shared_input.py)
   asymtune_b_only_2r  the same at twice the rank (LoRA's parameter count for square layers)
+  asymtune_b_only_dy_once  asymtune_b_only with dB and dy·B from one pass over dy (adapters/dy_once.py, Triton;
+                      CUDA, or anywhere under TRITON_INTERPRET=1; elsewhere the two matmuls run and the record says so)
   unsloth_lora        Unsloth's LoRA (FastLanguageModel, its own kernels; CUDA only, own process)
 Step = forward + backward + AdamW step; the median of --steps timed steps after --warmup.
 MFU = model FLOPs / step time / the GPU's dense bf16 peak, where model FLOPs are the frozen model's
@@ -43,7 +45,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from asymtune.adapters import fused, lora, shared_input
+from asymtune.adapters import dy_once, fused, lora, shared_input
 from asymtune.recipe import AdapterSpec
 
 SHAPES = {
@@ -84,6 +86,7 @@ VARIANTS = (
     "asymtune_b_only_per_layer",
     "asymtune_b_only",
     "asymtune_b_only_2r",
+    "asymtune_b_only_dy_once",
     "unsloth_lora",
 )
 DEFAULT_VARIANTS = VARIANTS[:-1]  # unsloth_lora runs in a process of its own
@@ -215,6 +218,7 @@ class Bench:
             torch.cuda.reset_peak_memory_stats()
 
     def step(self, timed: bool) -> None:
+        fused.DY_ONCE = self.variant.endswith("_dy_once")  # a process-wide switch: set for each variant's step
         if self.cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -244,6 +248,7 @@ class Bench:
             "seq": args.seq,
             "targets": args.targets,
             "rank": _rank(self.variant, args),
+            "dy_once_kernel": self.variant.endswith("_dy_once") and dy_once.available(self.tokens),
             "step_time_s": step_time,
             "step_time_min_s": min(self.times),
             "steps_timed": len(self.times),

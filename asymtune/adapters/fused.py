@@ -14,6 +14,9 @@ that regenerates the mask in backward instead of storing it). B's parameter stay
 optimizer's master copy); the math runs in the activation dtype. Over a bitsandbytes (4/8-bit)
 base layer, the base runs its own kernel and backward, and only the adapter branch is fused.
 
+Where `DY_ONCE` is set (benchmarks do, until a GPU measurement says it pays), dB and dy·B come from one pass over
+dy through the `dy_once` Triton kernel instead of two matmuls.
+
 `enable(model)` swaps the forward of every PEFT `lora.Linear` layer (and of PEFT's bitsandbytes
 ones); each call checks the conditions again and falls back to PEFT's forward (logging the reason
 once per layer) when A is trainable, weights are merged, adapters are disabled or several are
@@ -31,7 +34,10 @@ import torch
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
+from asymtune.adapters import dy_once
+
 logger = logging.getLogger(__name__)
+DY_ONCE = False  # B's two products of dy through the dy_once kernel (set by benchmarks until measured faster)
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -79,17 +85,28 @@ class FrozenALoRA(torch.autograd.Function):
     def backward(ctx, dy):
         weight, scaled_a, b, h = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])
-        grad_x = grad_b = None
-        if ctx.needs_input_grad[4]:
-            grad_b = (dy2.T @ h).to(ctx.b_dtype)
+        grad_x = None
+        through_b, grad_b = dy_products(dy2, b, h, ctx.needs_input_grad[0], ctx.needs_input_grad[4])
+        if grad_b is not None:
+            grad_b = grad_b.to(ctx.b_dtype)
         if ctx.needs_input_grad[0]:
-            through_adapter = (dy2 @ b) @ scaled_a
+            through_adapter = through_b @ scaled_a
             if ctx.dropout > 0:
                 through_adapter.mul_(_dropout_mask(through_adapter, 1.0 - ctx.dropout, ctx.state))
             if weight is not None:
                 through_adapter.addmm_(dy2, weight.to(dy.dtype))
             grad_x = through_adapter.view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None
+
+
+def dy_products(
+    dy: torch.Tensor, b: torch.Tensor, h: torch.Tensor, need_g: bool, need_db: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dy·B, dyᵀ·h), each only if needed; both from one pass over dy (`dy_once`) where `DY_ONCE` is set and the
+    kernel can run, else by two matmuls."""
+    if need_g and need_db and DY_ONCE and dy_once.available(dy):
+        return dy_once.products(dy, b, h)
+    return (dy @ b if need_g else None), (dy.T @ h if need_db else None)
 
 
 def scaled_a(layer: LoraLinear, name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -75,9 +75,10 @@ class SharedInputFrozenA(torch.autograd.Function):
                 through_b.append(h_i.new_zeros(h_i.shape))
                 continue
             dy2 = dy.reshape(-1, dy.shape[-1])
-            if ctx.needs_input_grad[3 + 3 * index + 2]:
-                grads[3 * index + 2] = (dy2.T @ h_i).to(ctx.b_dtypes[index])
-            through_b.append(dy2 @ b)
+            g, grad_b = fused.dy_products(dy2, b, h_i, True, ctx.needs_input_grad[3 + 3 * index + 2])
+            if grad_b is not None:
+                grads[3 * index + 2] = grad_b.to(ctx.b_dtypes[index])
+            through_b.append(g)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.cat(through_b, dim=1) @ stacked_a  # one GEMM, K = Σr, for every sibling's adapter
