@@ -26,7 +26,7 @@ def interpreted(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("n", "d_out", "r", "splits"), [(100, 130, 4, None), (64, 64, 16, 1), (70, 200, 6, 3),
-                                                         (5, 40, 32, 2)])
+                                                         (5, 40, 32, 2), (300, 70, 16, None)])
 def test_products_equal_the_two_matmuls(interpreted, dtype, n, d_out, r, splits):
     generator = torch.Generator().manual_seed(n + d_out + r)
     dy, b, h = (torch.randn(*shape, generator=generator).to(dtype) for shape in ((n, d_out), (d_out, r), (n, r)))
