@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 import torch
 from conftest import DEVICES
-from test_fused import B_ONLY, BF16_TOLERANCE, b_only_model, batch, forward_backward, relative_error
+from test_fused import B_ONLY, assert_as_accurate_as_peft, b_only_model, batch, forward_backward, relative_error
 from transformers import BartForConditionalGeneration
 
 from asymtune.adapters import fused, shared_input
@@ -64,13 +64,7 @@ def test_grouped_bfloat16_and_autocast_are_as_accurate_as_peft(tiny_llama, devic
         with patch_group:
             grouped_result = forward_backward(candidate, *batch(device))
     assert len(group_calls) == 4
-    for index in (0, 1):  # logits, dx
-        peft_error = relative_error(peft_result[index], truth[index])
-        assert relative_error(grouped_result[index], truth[index]) <= max(1.5 * peft_error, BF16_TOLERANCE)
-    for name, grad in truth[2].items():
-        assert grouped_result[2][name].dtype == torch.float32  # B's master copy stays float32
-        peft_error = relative_error(peft_result[2][name], grad)
-        assert relative_error(grouped_result[2][name], grad) <= max(1.5 * peft_error, BF16_TOLERANCE)
+    assert_as_accurate_as_peft(grouped_result, peft_result, truth)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])

@@ -153,7 +153,8 @@ def fallback_reason(layer: LoraLinear) -> str | None:
     return None
 
 
-def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The forward `enable` gives a layer: the fused path, or PEFT's own with the reason logged once."""
     reason = "extra forward arguments (e.g. adapter_names)" if args or kwargs else fallback_reason(self)
     if reason is not None:
         if reason not in self._asymtune_fallbacks_logged:
@@ -192,7 +193,7 @@ def enable(model: nn.Module) -> int:
         if is_peft_linear(module):
             module._asymtune_name = name
             module._asymtune_fallbacks_logged = set()
-            module.forward = types.MethodType(_fused_forward, module)
+            module.forward = types.MethodType(fused_forward, module)
             count += 1
     return count
 

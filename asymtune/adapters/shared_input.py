@@ -141,12 +141,12 @@ def _grouped_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: An
     group: Group | None = self.__dict__.get("_asymtune_group")
     pending = self.__dict__.pop("_asymtune_pending", None)
     if group is None or args or kwargs or group.reason() is not None:
-        return fused._fused_forward(self, x, *args, **kwargs)
+        return fused.fused_forward(self, x, *args, **kwargs)
     if pending is not None:
         if pending[0] is x:
             return pending[1]
         group.leave(self, "called with another input than the sibling that computed its output")
-        return fused._fused_forward(self, x)
+        return fused.fused_forward(self, x)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):  # mixed precision: compute in autocast's dtype, as nn.Linear would
         with torch.autocast(device_type, enabled=False):
