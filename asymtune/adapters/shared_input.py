@@ -138,13 +138,13 @@ class Group:
 
 
 def _grouped_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    group: Group | None = self.__dict__.get("_asymtune_group")
     pending = self.__dict__.pop("_asymtune_pending", None)
+    if pending is not None and pending[0] is x and not args and not kwargs:
+        return pending[1]  # computed by the sibling called first, which checked every member's conditions
+    group: Group | None = self.__dict__.get("_asymtune_group")
     if group is None or args or kwargs or group.reason() is not None:
         return fused.fused_forward(self, x, *args, **kwargs)
     if pending is not None:
-        if pending[0] is x:
-            return pending[1]
         group.leave(self, "called with another input than the sibling that computed its output")
         return fused.fused_forward(self, x)
     device_type = x.device.type
