@@ -65,6 +65,8 @@ def test_grouped_bfloat16_and_autocast_are_as_accurate_as_peft(tiny_llama, devic
             grouped_result = forward_backward(candidate, *batch(device))
     assert len(group_calls) == 4
     assert_as_accurate_as_peft(grouped_result, peft_result, truth)
+    float32_again = forward_backward(candidate, *batch(device))  # Â is made again in float32, not reused from bf16
+    assert relative_error(float32_again[0], truth[0]) < 1e-5 and relative_error(float32_again[1], truth[1]) < 1e-5
 
 
 @pytest.mark.parametrize("reentrant", [False, True])

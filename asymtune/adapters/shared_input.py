@@ -22,6 +22,7 @@ of x) over a plain `nn.Linear`; otherwise each member runs `fused`'s own forward
 from __future__ import annotations
 
 import logging
+import operator
 import types
 from typing import Any
 
@@ -94,7 +95,7 @@ class Group:
 
     def __init__(self, members: list[LoraLinear]) -> None:
         self.members = members
-        self._stacked: tuple[tuple, torch.Tensor] | None = None
+        self._stacked: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     def reason(self) -> str | None:
         """Why the siblings cannot run as one right now (None when they can)."""
@@ -114,10 +115,10 @@ class Group:
     def stacked_a(self, dtype: torch.dtype) -> torch.Tensor:
         """Â = [sA_1; …; sA_m] in `dtype`, made once while every member's s·A stays the same tensor."""
         parts = [fused.scaled_a(m, m.active_adapters[0], dtype) for m in self.members]
-        key = tuple((p.data_ptr(), p._version) for p in parts)
-        if self._stacked is None or self._stacked[0] != key:
-            self._stacked = (key, torch.cat(parts))
-        return self._stacked[1]
+        cached = self._stacked  # holds the parts it was made of, so "is" cannot match a reused address
+        if cached is None or len(cached[0]) != len(parts) or any(map(operator.is_not, cached[0], parts)):
+            cached = self._stacked = (parts, torch.cat(parts))
+        return cached[1]
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every member's output on x, in one autograd node."""
