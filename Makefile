@@ -14,7 +14,7 @@ REPRO_RUNS ?= runs/repro
 $(BIN)/asymtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization,serve,trackers]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev,eval,analysis,seq2seq,vision,quantization,serve,trackers,liger]"
 	touch $@
 
 install: $(BIN)/asymtune

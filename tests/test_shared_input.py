@@ -157,3 +157,38 @@ def test_dropout_in_training_runs_each_layer_alone(tiny_llama, caplog):
         model.eval()
         model(input_ids=torch.randint(0, 100, (1, 5)))
     assert len(group_calls) == 2  # without dropout (evaluation) the siblings run as one
+
+
+def test_grouping_composes_with_liger_swiglu_mlp(tiny_llama):
+    """Liger's SwiGLU MLP (what `train.liger_kernel` and axolotl turn on) calls gate_proj and up_proj on one tensor,
+    so they still run as one node under it. Liger's Triton SiLU·mul needs CUDA: a torch stand-in computes it here,
+    the module structure around it is Liger's own."""
+    liger = pytest.importorskip("liger_kernel.transformers")
+    from liger_kernel.transformers import swiglu
+    from transformers.models.llama import modeling_llama
+
+    patched = copy.deepcopy(tiny_llama)  # before PEFT injects its layers into tiny_llama for the reference
+    reference = b_only_model(tiny_llama)
+    with mock.patch.object(modeling_llama, "LlamaMLP", modeling_llama.LlamaMLP):  # undo its class-wide patch
+        liger.apply_liger_kernel_to_llama(model=patched, rope=False, rms_norm=False, swiglu=True,
+                                          cross_entropy=False, fused_linear_cross_entropy=False)
+    assert patched.model.layers[0].mlp.forward.__func__ is swiglu.LigerSwiGLUMLP.forward
+    candidate = grouped(b_only_model(patched))
+
+    class TorchSiLUMul:
+        calls = 0
+
+        @classmethod
+        def apply(cls, a, b, *multipliers):
+            cls.calls += 1
+            return torch.nn.functional.silu(a) * b
+
+    embeds, labels = batch()
+    logits, dx, grads = forward_backward(reference, embeds, labels)
+    patch_group, group_calls = count_calls(shared_input.SharedInputFrozenA)
+    with patch_group, mock.patch.object(swiglu, "LigerSiLUMulFunction", TorchSiLUMul):
+        liger_logits, liger_dx, liger_grads = forward_backward(candidate, embeds, labels)
+    assert TorchSiLUMul.calls == 2 and len(group_calls) == 4  # Liger's MLP ran, and gate/up ran as one under it
+    assert relative_error(liger_logits, logits) < 1e-5 and relative_error(liger_dx, dx) < 1e-5
+    for name, grad in grads.items():
+        assert relative_error(liger_grads[name], grad) < 1e-5, name
