@@ -8,9 +8,9 @@ kernels, on two shapes, in one run on one GPU; one JSON line per measurement and
 Each (shape, kernels) setting runs `step_time.py` in a process of its own (Liger and Unsloth patch transformers
 for the whole process), with a time limit; a setting that fails or cannot install (no Liger, no Unsloth) becomes one
 line with its error, and the rest still run. Shapes: Llama-2-7B bf16 batch 4 × 1024 (BENCHMARKS.md's) and one
-4096-token sequence a step (NVIDIA's packed LoRA shape), all linear layers, r = 16. In the table each row is
-compared with the frozen bound under the same kernels and with the fastest LoRA peer (PEFT, PEFT + Liger, Unsloth)
-of its shape.
+4096-token sequence a step (the length of NVIDIA's packed LoRA runs; attention causal over the whole 4096, no
+document boundaries), all linear layers, r = 16. In the table each row is compared with the frozen bound under the
+same kernels and with the fastest LoRA peer (PEFT, PEFT + Liger, Unsloth) of its shape.
 """
 
 from __future__ import annotations
