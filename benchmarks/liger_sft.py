@@ -26,6 +26,7 @@ import yaml
 
 SHAPES = {  # Llama shapes: hidden, MLP, layers, heads, key-value heads
     "tiny": (64, 128, 2, 4, 2),
+    "smollm2-135m": (576, 1536, 30, 9, 3),
     "smollm2-360m": (960, 2560, 32, 15, 5),
     "smollm2-1.7b": (2048, 8192, 24, 32, 32),
 }

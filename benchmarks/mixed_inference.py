@@ -1,7 +1,7 @@
 """A mixed batch over 8 adapters: one shared A against PEFT's mixed batch and against one merged adapter.
 
     python benchmarks/mixed_inference.py [--adapters 8] [--targets q_proj,o_proj] [--rank 16] [--new-tokens 32]
-                                         [--repeats 5] [--device cpu]
+                                         [--repeats 5] [--device cpu] [--model DIR]
 
 Builds `--adapters` B-only adapters of one family (A frozen orthogonal from adapter seed 0, B random) on
 SmolLM2-135M-Instruct (the offline asset), then greedily generates --new-tokens tokens (exactly: no early end) for a
@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", type=Path, help="a causal LM folder with its tokenizer (default: the SmolLM2 asset)")
     args = parser.parse_args()
-    model_dir = assets.resolve("smollm2-135m-instruct", print)
+    model_dir = args.model or assets.resolve("smollm2-135m-instruct", print)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                                              tokenize=False, add_generation_prompt=True) for i in range(args.adapters)]
@@ -100,8 +101,9 @@ def main() -> None:
                 results[path].append(run(path)[0])
     peft_tokens, shared_tokens = tokens["PEFT mixed batch"], tokens["asymtune shared A"]
     same = bool(torch.equal(peft_tokens, shared_tokens))
-    setting = {"adapters": args.adapters, "targets": args.targets, "rank": args.rank, "new_tokens": args.new_tokens,
-               "prompt_tokens": batch["input_ids"].shape[1], "device": args.device, "same_tokens": same}
+    setting = {"model": str(model_dir), "adapters": args.adapters, "targets": args.targets, "rank": args.rank,
+               "new_tokens": args.new_tokens, "prompt_tokens": batch["input_ids"].shape[1], "device": args.device,
+               "same_tokens": same}
     for path, speeds in results.items():
         print(json.dumps({"path": path, **setting, "tokens_per_s": speeds}), file=sys.stderr)
     print(f"\n{json.dumps(setting)}\n\n| path | generated tokens/s | vs PEFT | time vs merged |\n|---|---|---|---|")

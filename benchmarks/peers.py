@@ -49,12 +49,13 @@ def measure(shape: str, kernels: str, args: argparse.Namespace) -> list[dict]:
     labels = {"shape": shape, "kernels": kernels}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return [{**labels, "error": f"no result within {args.timeout} s"}]
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 and not records:
-        return [{**labels, "error": (done.stderr.strip().splitlines() or ["exit " + str(done.returncode)])[-1]}]
-    return [{**labels, **record} for record in records]
+        stdout, error = done.stdout, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        failed = done.returncode != 0
+    except subprocess.TimeoutExpired as stopped:  # the variants measured before the limit still count
+        stdout, error, failed = stopped.stdout or "", f"stopped at the {args.timeout} s limit", True
+        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+    records = [{**labels, **json.loads(line)} for line in stdout.splitlines() if line.startswith("{")]
+    return records + ([{**labels, "error": error}] if failed else [])
 
 
 def table(records: list[dict]) -> str:

@@ -64,3 +64,10 @@ def test_peers_runs_each_setting_in_its_own_process_and_tables_them(tmp_path, ca
     capsys.readouterr()
     peers.main(["--table", str(out)])  # the table again from the lines alone, as for a GPU run's two calls
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-2x16")] == rows
+
+
+def test_peers_keeps_a_setting_that_runs_out_of_time_as_one_error_line(tmp_path):
+    out = tmp_path / "peers.jsonl"
+    peers.main(["--device", "cpu", "--shapes", "tiny-2x16", "--kernels", "plain", "--timeout", "1", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[-1] == {"shape": "tiny-2x16", "kernels": "plain", "error": "stopped at the 1 s limit"}

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The wheels a bare GPU machine (Python 3.12, its own torch and triton, no network) needs for benchmarks/gpu_run.sh:
-#   .whl/          asymtune's training stack at the versions CI tests, with Liger Kernel
-#   .whl-unsloth/  Unsloth and the older transformers/trl it pins (installed apart: the two sets conflict)
-# Run from the repository root; both folders are git-ignored. Prints each folder's size (the device tool carries at
-# most 64 MiB a call, the working tree included; hf_transfer, a download accelerator Unsloth lists, is left out).
+# What a bare GPU machine (Python 3.12, its own torch and triton, no network) needs for benchmarks/gpu_run.sh:
+#   .whl/           asymtune's training stack at the versions CI tests, with Liger Kernel
+#   .whl-unsloth/   Unsloth and the older transformers/trl it pins (installed apart: the two sets conflict)
+#   .device-carry/  SmolLM2's config and tokenizer (random-weight models of its shapes are built there) and the
+#                   construction FAQ (liger_sft.py's data), from the offline assets
+# Run from the repository root with asymtune installed; the folders are git-ignored. Prints each one's size (the
+# device tool carries at most 64 MiB a call, the working tree included; hf_transfer, a download accelerator Unsloth
+# lists, is left out).
 set -euo pipefail
 download() {  # folder, requirements...
     local folder=$1
@@ -22,4 +25,10 @@ download .whl-unsloth unsloth==2026.10.9 unsloth_zoo==2026.10.9 transformers==5.
     docstring-parser==0.17.0 shtab==1.8.0 typeguard==4.4.4 dill==0.4.0 multiprocess==0.70.18 \
     typing_extensions==4.16.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
     gguf==0.19.0
-du -sh .whl .whl-unsloth
+mkdir -p .device-carry/smollm2
+asset() { python -c "import sys; from asymtune.assets import resolve; print(resolve(sys.argv[1], print))" "$1" | tail -1; }
+model=$(asset smollm2-135m-instruct)
+cp "$model"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} \
+    .device-carry/smollm2/
+cp "$(asset zaragoza-construction-faq-en)" .device-carry/faq-en-alpaca.jsonl
+du -sh .whl .whl-unsloth .device-carry
