@@ -68,6 +68,7 @@ class SharedInputFrozenA(torch.autograd.Function):
         count = len(ctx.ranks)
         weights, bs = saved[:count], saved[count:]
         grads: list[torch.Tensor | None] = [None] * (3 * count)
+        need_x = ctx.needs_input_grad[0]
         through_b, start = [], 0
         for index, (dy, b, rank) in enumerate(zip(dys, bs, ctx.ranks, strict=True)):
             h_i = h[:, start : start + rank]
@@ -76,12 +77,12 @@ class SharedInputFrozenA(torch.autograd.Function):
                 through_b.append(h_i.new_zeros(h_i.shape))
                 continue
             dy2 = dy.reshape(-1, dy.shape[-1])
-            g, grad_b = fused.dy_products(dy2, b, h_i, True, ctx.needs_input_grad[3 + 3 * index + 2])
+            g, grad_b = fused.dy_products(dy2, b, h_i, need_x, ctx.needs_input_grad[3 + 3 * index + 2])
             if grad_b is not None:
                 grads[3 * index + 2] = grad_b.to(ctx.b_dtypes[index])
             through_b.append(g)
         grad_x = None
-        if ctx.needs_input_grad[0]:
+        if need_x:
             grad_x = torch.cat(through_b, dim=1) @ stacked_a  # one GEMM, K = Σr, for every sibling's adapter
             for dy, weight in zip(dys, weights, strict=True):
                 if dy is not None:
