@@ -78,7 +78,7 @@ SHAPES = {
     ),
 }
 TARGETS = {"qv": ["q_proj", "v_proj"], "all-linear": "all-linear"}
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # all-linear, by name
 VARIANTS = (
     "frozen_bound",
     "peft_lora",
@@ -91,7 +91,6 @@ VARIANTS = (
 )
 DEFAULT_VARIANTS = VARIANTS[:-1]  # unsloth_lora runs in a process of its own
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, by device name
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 def build(variant: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -157,7 +156,7 @@ def build_unsloth(args: argparse.Namespace) -> torch.nn.Module:
     model, _ = FastLanguageModel.from_pretrained(
         model_name=str(folder), max_seq_length=args.seq, dtype=torch.bfloat16, load_in_4bit=False, local_files_only=True
     )
-    targets = ["q_proj", "v_proj"] if args.targets == "qv" else [*ATTENTION_PROJECTIONS, *MLP_PROJECTIONS]
+    targets = TARGETS["qv"] if args.targets == "qv" else list(LLAMA_LINEAR)
     return FastLanguageModel.get_peft_model(
         model, r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0, bias="none", target_modules=targets,
         use_gradient_checkpointing="unsloth" if args.gradient_checkpointing else False,

@@ -10,8 +10,8 @@ and reading those partials costs 2·(n/256)·d_out·r·4 bytes (plus the g parti
 half of the dy read it removes (n·d_out·2 bytes).
 
 `products(dy, b, h)` runs the kernel on CUDA tensors and under `TRITON_INTERPRET=1` (set before this module is
-imported) on any tensors; `available(dy)` says whether it can run for dy, and `reference(dy, b, h)` is the two
-matmuls it replaces. The interpreter's `tl.dot` is wrong on bfloat16 (Triton 3.8), so interpreted tiles are
+imported) on any tensors; `available(dy)` says whether it can run for dy (elsewhere `fused.dy_products` runs the
+two matmuls). The interpreter's `tl.dot` is wrong on bfloat16 (Triton 3.8), so interpreted tiles are
 upcast to float32 first, which is exact. Whether it beats cuBLAS is a measurement (benchmarks/step_time.py's
 `asymtune_b_only_dy_once`); it is used only where `fused.DY_ONCE` is set.
 """
@@ -30,11 +30,6 @@ except ImportError:  # no Triton on this platform: the kernel is unavailable, th
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_N, BLOCK_D = 256, 64  # partials: 2·(n/BLOCK_N)·d_out·r·4 bytes against dy's n·d_out·2 saved
-
-
-def reference(dy: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dy·B, dyᵀ·h) by two matmuls: what `products` computes in one pass."""
-    return dy @ b, dy.T @ h
 
 
 def available(dy: torch.Tensor) -> bool:
