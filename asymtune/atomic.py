@@ -51,9 +51,9 @@ def directory(target: Path) -> Iterator[Path]:
 
 
 def _exchange(first: Path, second: Path) -> None:
-    """Swap two paths atomically: Linux renameat2(RENAME_EXCHANGE); elsewhere, two renames."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    """Swap two paths: atomically with Linux's renameat2(RENAME_EXCHANGE); elsewhere (macOS, Windows, filesystems
+    without it) by three renames, a window in which `second` is briefly missing."""
+    renameat2 = _renameat2()
     if renameat2 is not None:
         at_cwd, rename_exchange = -100, 2
         if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
@@ -64,6 +64,14 @@ def _exchange(first: Path, second: Path) -> None:
     os.replace(second, parked)
     os.replace(first, second)
     os.replace(parked, first)
+
+
+def _renameat2():
+    """The C library's renameat2, None where there is none (macOS, musl before 1.2.5, Windows: no C library)."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # Windows: CDLL(None) is a TypeError
+        return None
 
 
 def blocking_file(target: Path) -> Path | None:

@@ -116,7 +116,7 @@ def train(recipe_file, overrides, output_dir, resume_dir, nproc, trust_remote_co
 @click.option("--num-fewshot", default=5, show_default=True, type=click.IntRange(0, 10))
 @click.option("--batch-size", default="auto", show_default=True, help="An integer or auto.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many questions per subject.")
-@click.option("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu).")
+@click.option("--device", help="e.g. cpu, cuda, cuda:1, mps (default auto: cuda, else mps, else cpu).")
 @RUNS_ROOT
 @TRUST_REMOTE_CODE
 def evaluate(run_refs, mmlu, base_model, mmlu_data, subjects, num_fewshot, batch_size, limit, device, output_dir,
@@ -376,7 +376,7 @@ def inference_options(command):
     """--no-merge, --device, --output-dir, --trust-remote-code: how a trained model is loaded."""
     for option in reversed([
         click.option("--no-merge", is_flag=True, help="Keep the adapter as PEFT layers instead of merging it in."),
-        click.option("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)."),
+        click.option("--device", help="e.g. cpu, cuda, cuda:1, mps (default auto: cuda, else mps, else cpu)."),
         RUNS_ROOT, TRUST_REMOTE_CODE,
     ]):
         command = option(command)
@@ -469,17 +469,25 @@ def chat(run_ref, base_model, max_new_tokens, temperature, top_p, seed, template
 @click.option("--name", "served_name", help="The model id clients ask for (default: the run's name).")
 @click.option("--template", default="auto", show_default=True, type=click.Choice(["auto", *PROMPT_STYLES]),
               help="How chat requests become prompts; auto: as the run trained.")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1),
+              help="The most new tokens a request may ask for (and gets when it does not say).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1),
+              help="The most answers generated together in one batch.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
+              help="The most answers held (generating or waiting); beyond it requests are answered 503.")
 @inference_options
-def serve(run_refs, base_model, host, port, served_name, template, no_merge, device, output_dir,
-          trust_remote_code) -> None:
+def serve(run_refs, base_model, host, port, served_name, template, max_tokens, max_batch, max_queue, no_merge, device,
+          output_dir, trust_remote_code) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models; streaming) for a run.
 
-    Several sft runs of one base model: one model in memory, each run's adapter under its recipe's name (the
-    request's `model` picks it; x·Aᵀ shared when the runs share a frozen A)."""
+    Concurrent requests are generated in batches. Several sft runs of one base model: one model in memory, each
+    run's adapter under its recipe's name (the request's `model` picks it; x·Aᵀ shared when the runs share a frozen
+    A). SIGTERM or Ctrl-C finishes the requests in flight, then stops."""
     from asymtune.inference import serve as serving
 
+    limits = serving.Limits(max_tokens, max_batch, max(max_queue, max_batch))
     name = serving.run(list(run_refs), base_model, Path(output_dir), host, port, served_name, template, not no_merge,
-                       trust_remote_code, device, log)
+                       trust_remote_code, device, log, limits)
     console.print(f"stopped serving {name}", highlight=False)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from asymtune import assets
+from asymtune import assets, devices
 from asymtune.errors import UserError
 from asymtune.gguf_checkpoint import load_gguf
 from asymtune.recipe import ModelSpec, QuantizationSpec
@@ -21,12 +21,9 @@ class ModelLoadError(UserError):
 
 
 def select_dtype(requested: str) -> torch.dtype:
-    """`auto`: bfloat16 on a CUDA GPU that supports it, float32 otherwise (CPU)."""
-    if requested != "auto":
-        return DTYPES[requested]
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """`auto`: what `devices.auto_dtype` picks for the best available device (bfloat16 on a CUDA GPU that supports
+    it, float32 on MPS and the CPU)."""
+    return devices.auto_dtype() if requested == "auto" else DTYPES[requested]
 
 
 def load_causal_lm(

@@ -6,7 +6,6 @@ adapter/ (PEFT format). Every file is written atomically; an existing run dir is
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import glob
 import json
@@ -23,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import filelock
+
 from asymtune import atomic
 from asymtune.errors import UserError
 from asymtune.recipe import NAME_PATTERN as NAME
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 LIBRARIES = ("asymtune", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "pydantic")
 LABELS_FILE = "labels.json"
-LOCK_FILE = ".lock"  # flock'ed by the one process writing the run; the kernel releases it when that process dies
+LOCK_FILE = ".lock"  # locked by the one process writing the run; the OS releases it when that process dies
+HOLDER_FILE = ".lock.json"  # who took the lock (pid, host, purpose), written just after taking it
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
@@ -154,39 +156,44 @@ class RunDir:
 
     @contextmanager
     def exclusive(self, purpose: str) -> Iterator[None]:
-        """Hold the run's lock while `purpose` (e.g. "training") writes into it. RunDirError naming the holder
-        when another process has it, or naming a symlink in the run that leads out of it (writes, appends
-        and copies would follow it). Ranks that do not write take no lock."""
+        """Hold the run's lock (`filelock`: flock on POSIX, msvcrt on Windows) while `purpose` (e.g. "training")
+        writes into it. RunDirError naming the holder when another process has it, or naming a symlink in the run
+        that leads out of it (writes, appends and copies would follow it). Ranks that do not write take no lock."""
         self.check_links()
         if not self.writes:
             yield
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        lock = self._lock()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunDirError(f"{self.path}: in use by {_holder(fd)}; wait for it to end or stop it") from None
-            os.ftruncate(fd, 0)
-            holder = {"pid": os.getpid(), "host": platform.node(), "purpose": purpose}
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise RunDirError(f"{self.path}: in use by {_holder(self.path / HOLDER_FILE)}; wait for it to end or "
+                              "stop it") from None
+        try:
+            atomic.write_json(self.path / HOLDER_FILE, {"pid": os.getpid(), "host": platform.node(),
+                                                        "purpose": purpose})
             yield
         finally:
-            os.close(fd)
+            lock.release()
 
     def is_locked(self) -> bool:
         """Whether a live process holds the run's lock (is training it, or writing into it)."""
-        try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
+        if not (self.path / LOCK_FILE).is_file():
             return False
+        lock = self._lock()
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
             return True
-        finally:
-            os.close(fd)
+        lock.release()
+        return False
+
+    def _lock(self) -> filelock.FileLock:
+        """The run's lock file, refused when it is a symlink (the lock would be taken, and truncated, elsewhere)."""
+        path = self.path / LOCK_FILE
+        if path.is_symlink():
+            raise RunDirError(f"{path}: a symlink; asymtune takes a run's lock only on a file inside the run")
+        return filelock.FileLock(path, thread_local=False)
 
     def check_links(self) -> None:
         """RunDirError naming the first symlink under the run that resolves outside it."""
@@ -238,7 +245,8 @@ def untrusted_recipe(file: Path, trust_remote_code: bool = False) -> Recipe:
 
 def environment(seed: int, argv: list[str]) -> dict[str, Any]:
     """Versions, seed, argv, git commit of the asymtune checkout (if any), device and host."""
-    import torch  # only runs that train need it; keep `compare` and friends light
+    from asymtune import devices  # imports torch: only runs that train need it; keep `compare` and friends light
+
     versions = {}
     for library in LIBRARIES:
         try:
@@ -252,7 +260,7 @@ def environment(seed: int, argv: list[str]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "versions": versions,
         "git_commit": _git_commit(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": devices.name(),
         "host": platform.node(),
         "pid": os.getpid(),
         "started_unix": time.time(),
@@ -320,13 +328,13 @@ def pid_alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
-def _holder(fd: int) -> str:
-    """Who holds the lock open at `fd`, as it wrote itself there (it writes just after taking the lock)."""
+def _holder(file: Path) -> str:
+    """Who holds a run's lock, as it wrote itself into `file` just after taking it."""
     for _ in range(50):
         try:
-            holder = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+            holder = json.loads(file.read_bytes().decode("utf-8"))
             return f"process {int(holder['pid'])} on {holder['host']} ({holder['purpose']})"
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             time.sleep(0.02)
     return "another process"
 

@@ -48,11 +48,10 @@ def mmlu_options(data: str | None, subjects: str | None, num_fewshot: int, batch
         if not path.exists():
             raise UserError(f"--mmlu-data {data}: no such file or folder, and not an asset "
                             f"({', '.join(assets.ASSETS)})")
-    if device is None:
-        import torch
+    from asymtune import devices
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return MMLUOptions(path, subjects.split(",") if subjects else None, num_fewshot, batch_size, limit, device)
+    return MMLUOptions(path, subjects.split(",") if subjects else None, num_fewshot, batch_size, limit,
+                       devices.pick(device))
 
 
 def evaluate_mmlu(refs: list[str], base_model: str | None, root: Path, options: MMLUOptions,

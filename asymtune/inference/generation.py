@@ -49,7 +49,7 @@ def complete(model, tokenizer, prompts: list[list[int]], sampling: Sampling, bat
     started = time.perf_counter()
     starts = range(0, len(prompts), batch_size)
     for start in track(starts, description=description, console=console, disable=len(starts) < 2):
-        batch = _left_padded(prompts[start:start + batch_size], tokenizer.pad_token_id, model.device)
+        batch = left_padded(prompts[start:start + batch_size], tokenizer.pad_token_id, model.device)
         routed = {"adapter_names": adapter_names[start:start + batch_size]} if adapter_names else {}
         with torch.no_grad():
             output = model.generate(**batch, generation_config=config, **routed)
@@ -68,7 +68,7 @@ def stream(model, tokenizer, prompt: list[int], sampling: Sampling) -> Iterator[
     """The answer to one tokenized prompt, piece by piece as it is generated (a background thread generates)."""
     set_seed(sampling.seed)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    inputs = _left_padded([prompt], tokenizer.pad_token_id, model.device)
+    inputs = left_padded([prompt], tokenizer.pad_token_id, model.device)
     failure: list[BaseException] = []
 
     def generate() -> None:
@@ -88,7 +88,7 @@ def stream(model, tokenizer, prompt: list[int], sampling: Sampling) -> Iterator[
         raise failure[0]
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+def left_padded(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from asymtune import devices
 from asymtune import recipe as recipes
 from asymtune.adapters import export as forms
 from asymtune.adapters.export import RECIPE_FILE
@@ -127,8 +127,8 @@ def load(trained: Trained, merge: bool = True, device: str | None = None,
 
 
 def device_or_default(device: str | None) -> str:
-    """`device`, else cuda when a GPU is present, else cpu."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`device`, else (None or "auto") CUDA, then MPS, then the CPU: `devices.pick`."""
+    return devices.pick(device)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

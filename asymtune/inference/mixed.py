@@ -117,18 +117,19 @@ def read_rows(adapters: Adapters, path: Path) -> tuple[list, list[str]]:
 
 
 class Routed:
-    """The shared model seen as one of its adapters: `generate` answers every row with PEFT adapter `key`; every
-    other attribute is the model's own (what transformers' server and `prompts.check_fits` read)."""
+    """The `shared` model seen as one of its adapters: `generate` answers every row with PEFT adapter `key`; every
+    other attribute is the model's own (what `prompts.check_fits` reads). `serve` batches rows of several adapters
+    into one call on `shared` itself."""
 
     def __init__(self, model: Any, key: str) -> None:
-        self._model, self._key = model, key
+        self.shared, self.key = model, key
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+        return getattr(self.shared, name)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
-        return self._model.generate(*args, adapter_names=[self._key] * ids.shape[0], **kwargs)
+        return self.shared.generate(*args, adapter_names=[self.key] * ids.shape[0], **kwargs)
 
 
 def as_models(adapters: Adapters, template: str = "auto") -> dict[str, Any]:

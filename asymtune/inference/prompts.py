@@ -25,21 +25,19 @@ class PromptError(UserError):
     """A prompt that cannot be given to this model (no chat template, longer than its context)."""
 
 
-def alpaca_chat_template(bos_token: bool = False) -> str:
+def alpaca_chat_template() -> str:
     """A Jinja chat template that renders a conversation as consecutive Alpaca instruction/response blocks under
     the Alpaca header: one user turn renders exactly as `formats.alpaca_prompt(turn)` (what alpaca runs trained
-    on). System turns are left out. `bos_token`: start with the tokenizer's BOS, for servers that tokenize the
-    rendered text without special tokens."""
-    return (("{{ bos_token }}" if bos_token else "") + _HEAD
+    on). System turns are left out."""
+    return (_HEAD
             + "{% for message in messages %}{% if message['role'] == 'user' %}" + _BEFORE
             + "{{ message['content'] }}" + _AFTER + "{% elif message['role'] == 'assistant' %}"
             + "{{ message['content'] }}\n\n{% endif %}{% endfor %}")
 
 
-def raw_chat_template(bos_token: bool = False) -> str:
+def raw_chat_template() -> str:
     """A Jinja chat template that joins the turns' text by newlines, system turns left out (raw-text runs)."""
-    return (("{{ bos_token }}" if bos_token else "")
-            + "{% for message in messages if message['role'] != 'system' %}{% if not loop.first %}\n{% endif %}"
+    return ("{% for message in messages if message['role'] != 'system' %}{% if not loop.first %}\n{% endif %}"
             + "{{ message['content'] }}{% endfor %}")
 
 
