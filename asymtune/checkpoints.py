@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
 
-from asymtune import atomic
+from asymtune import atomic, library_internals
 
 MARKER = "asymtune_checkpoint.json"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -99,10 +99,7 @@ class MarkCheckpointComplete(TrainerCallback):
 
     def loss_sum(self) -> float:
         """Σ per-step training loss over all steps so far (before the resume point included)."""
-        # The Trainer keeps this call's logged sum in _total_loss_scalar and the not yet logged part in _tr_loss.
-        pending = self.trainer._tr_loss
-        pending_sum = float(pending.item()) if pending is not None else 0.0
-        return self.prior_loss_sum + self.trainer._total_loss_scalar + pending_sum
+        return self.prior_loss_sum + library_internals.loss_sum(self.trainer)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

@@ -3,8 +3,8 @@
 A run's *style* follows its `data.format`: `alpaca` wraps each question in the Stanford Alpaca prompt, `messages`
 (and conversational prompt/completion rows) go through the tokenizer's chat template with the generation prompt,
 and plain `prompt_completion` text is used as it is (`raw`). A base model uses its chat template when it has one.
-Tokenization is TRL's own (`trl.data_utils._tokenize`): the text path adds the tokenizer's special tokens, as
-training did, and the chat path tokenizes the rendered template.
+Tokenization is what TRL's SFTTrainer does (checked against its tokenized training rows in the tests): the text path
+adds the tokenizer's special tokens, and the chat path tokenizes the rendered template with the generation prompt.
 """
 
 from __future__ import annotations
@@ -67,11 +67,10 @@ def render(conversation: list[dict[str, str]], style: str, tokenizer) -> Prompt:
 
 def token_ids(tokenizer, prompt: Prompt) -> list[int]:
     """The prompt's token ids exactly as SFTTrainer tokenized training prompts (chat: with the generation prompt)."""
-    from trl.data_utils import _tokenize
-
     if isinstance(prompt, list):
-        return list(_tokenize(tokenizer, prompt, add_generation_prompt=True)["input_ids"])
-    return list(_tokenize(tokenizer, prompt)["input_ids"])
+        return list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
 
 
 def context_length(model: Any) -> int | None:

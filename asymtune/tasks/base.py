@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, set_seed
 from transformers.trainer_utils import TrainOutput
 
-from asymtune import trackers
+from asymtune import library_internals, trackers
 from asymtune.adapters import fused, methods, shared_input
 from asymtune.adapters.lora import ParameterCounts, load_adapter, load_peft
 from asymtune.callbacks import (
@@ -203,7 +203,7 @@ def train(trainer: Trainer, run: RunDir, stop: GracefulStop) -> TrainOutput:
         run.append_log({"event": "distributed", "mode": mode, "world_size": trainer.args.world_size})
     if resumed and 0 < trainer.args.max_steps <= resumed.step:  # stopped after its last step (e.g. in the final
         # evaluation): the Trainer would take one step more before it checks, so take the checkpoint's weights
-        trainer._load_from_checkpoint(str(resumed.path))
+        library_internals.load_checkpoint_weights(trainer, str(resumed.path))
         return TrainOutput(resumed.step, resumed.loss_sum / resumed.step, {})
     result = trainer.train(resume_from_checkpoint=str(resumed.path) if resumed else None)
     if stop.requested:
@@ -220,7 +220,7 @@ def keep_best(trainer: Trainer, recipe: Recipe) -> dict[str, Any]:
     state = trainer.state
     if not recipe.train.keep_best or state.best_model_checkpoint is None:
         return {}
-    trainer._load_from_checkpoint(state.best_model_checkpoint)
+    library_internals.load_checkpoint_weights(trainer, state.best_model_checkpoint)
     step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
     console.print(f"keep_best: the run keeps checkpoint-{step} (eval loss {state.best_metric:.4f}, the lowest) "
                   f"of {state.global_step} steps")
@@ -261,11 +261,7 @@ def evaluate_before_training(trainer: Trainer) -> dict[str, float] | None:
         console.print("step 0: no evaluation before training under FSDP (the model is sharded when training starts)")
         return None
     metrics = trainer.evaluate()
-    model = trainer.model
-    if getattr(model, "_is_accelerate_prepared", False):
-        model._is_accelerate_prepared = False
-        if model in trainer.accelerator._models:
-            trainer.accelerator._models.remove(model)
+    library_internals.forget_evaluation_prepare(trainer)
     return metrics
 
 

@@ -109,6 +109,11 @@ class PaddingCount:
     def percent(self) -> float | None:
         return 100.0 * self.padding / self.positions if self.positions else None
 
+    @property
+    def tokens(self) -> int:
+        """Non-padding training tokens this process computed."""
+        return self.positions - self.padding
+
 
 def perplexity(loss: float) -> float:
     """exp(mean token cross-entropy); inf where that overflows."""
@@ -177,7 +182,8 @@ class InstructionTuning(TaskFamily):
         return {"eval_loss_before": untrained["eval_loss"] if untrained else None}
 
     def metrics(self, trainer, model, processor, data, recipe, run) -> dict[str, Any]:
-        tokens = getattr(trainer, "_total_train_tokens", None)  # TRL's count of non-padding training tokens
+        local = torch.tensor(trainer.padding_count.tokens, device=trainer.accelerator.device)
+        tokens = int(trainer.accelerator.reduce(local, reduction="sum").item())  # every process's tokens
         runtime = next((log["train_runtime"] for log in reversed(trainer.state.log_history) if "train_runtime" in log),
                        None)
         metrics: dict[str, Any] = {}

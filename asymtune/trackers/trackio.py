@@ -16,9 +16,11 @@ class RunLongCallback(TrackioCallback):
     def __init__(self, config: dict[str, Scalar]) -> None:
         super().__init__()
         self.asymtune_config = config
+        self.opened = False  # whether setup ran (training began), so there is a run to finish
 
     def setup(self, args, state, model, **kwargs):
         super().setup(args, state, model, **kwargs)
+        self.opened = True
         if state.is_world_process_zero:
             trackio.config.update(self.asymtune_config)
 
@@ -30,7 +32,7 @@ def start(identity: Identity, config: dict[str, Scalar], previous: dict | None) 
     callback = RunLongCallback(config)
 
     def finish(metrics: dict[str, float], outcome: str) -> None:
-        if not callback._initialized:  # training never began: nothing was opened
+        if not callback.opened:  # training never began: nothing was opened
             return
         if metrics:
             trackio.log({f"final/{name}": value for name, value in metrics.items()})
