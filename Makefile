@@ -109,6 +109,7 @@ lock:
 	rm -rf .venv-lock
 
 lock-lowest: install
+	rm -f constraints-lowest.txt  # uv would prefer the versions already there
 	$(BIN)/uv pip compile pyproject.toml $(foreach extra,$(subst $(comma), ,$(LOWEST_EXTRAS)),--extra $(extra)) \
 		--resolution lowest-direct --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header \
 		--quiet -o constraints-lowest.txt
