@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-import timm
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -20,6 +19,8 @@ from asymtune.data.sources import DataError
 from asymtune.runs import resolve
 from asymtune.tasks.image import resized_processor
 from asymtune.timm_checkpoint import CheckpointMismatch, map_by_position
+
+timm = pytest.importorskip("timm", reason="the vision extra (timm) is not installed (the lowest-versions run)")
 
 
 def renamed_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
