@@ -10,8 +10,7 @@ def best_available() -> str:
     """"cuda" when a CUDA GPU is visible, else "mps" on Apple silicon, else "cpu"."""
     if torch.cuda.is_available():
         return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 

@@ -188,6 +188,25 @@ def sft_recipe(model_dir: Path, data_file: Path, **adapter) -> dict:
     }
 
 
+@pytest.fixture(scope="module")
+def sft_run(tiny_llama_dir, tmp_path_factory):
+    """A B-only run (tiny Llama, alpaca rows) whose adapter changes the model's greedy answers (high learning rate,
+    enough steps), trained once per test module through `asymtune train`."""
+    from click.testing import CliRunner
+
+    from asymtune.cli import main
+    from asymtune.runs import resolve
+
+    folder = tmp_path_factory.mktemp("sft-run")
+    recipe = sft_recipe(tiny_llama_dir, write_jsonl(folder / "d.jsonl", alpaca_rows(24)))
+    recipe["train"].update(max_steps=8, learning_rate=0.05)
+    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["train", str(folder / "r.yaml"), "--output-dir", str(folder / "runs")])
+    assert result.exit_code == 0, result.output
+    [run] = resolve([str(folder / "runs")])
+    return run
+
+
 @contextlib.contextmanager
 def serving(app):
     """`app` behind uvicorn on a free loopback port for the block; yields its /v1 base URL."""

@@ -5,9 +5,8 @@ import shutil
 
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
-from conftest import alpaca_rows, serving, sft_recipe, write_jsonl
+from conftest import serving, write_jsonl
 from peft import PeftModel
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -15,25 +14,11 @@ from asymtune.cli import main
 from asymtune.data.formats import alpaca_prompt, to_prompt_completion
 from asymtune.inference import causal, generate, loading, prompts
 from asymtune.inference.sampling import Sampling
-from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 
 QUESTIONS = ["name the colour of the sky", "list three fruits"]
 NEW_TOKENS = 12
-
-
-@pytest.fixture(scope="module")
-def sft_run(tiny_llama_dir, tmp_path_factory):
-    """A B-only run whose adapter changes the tiny model's greedy answers (high learning rate, enough steps)."""
-    folder = tmp_path_factory.mktemp("inference")
-    recipe = sft_recipe(tiny_llama_dir, write_jsonl(folder / "d.jsonl", alpaca_rows(24)))
-    recipe["train"].update(max_steps=8, learning_rate=0.05)
-    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
-    result = CliRunner().invoke(main, ["train", str(folder / "r.yaml"), "--output-dir", str(folder / "runs")])
-    assert result.exit_code == 0, result.output
-    [run] = resolve([str(folder / "runs")])
-    return run
 
 
 def peft_greedy(model_dir, adapter_dir, question):

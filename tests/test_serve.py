@@ -14,15 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import yaml
-from click.testing import CliRunner
-from conftest import alpaca_rows, serving, sft_recipe, write_jsonl
+from conftest import serving
 
-from asymtune.cli import main
 from asymtune.inference import causal, serve
 from asymtune.inference.batching import Batcher, QueueFull, Request
 from asymtune.inference.sampling import Sampling
-from asymtune.runs import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -47,18 +43,6 @@ HOSTILE = [  # (body, status, the field the error names)
     ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
     ({"model": "tiny", "prompt": "hi", "echo": True}, 400, "echo"),
 ]
-
-
-@pytest.fixture(scope="module")
-def sft_run(tiny_llama_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    recipe = sft_recipe(tiny_llama_dir, write_jsonl(folder / "d.jsonl", alpaca_rows(24)))
-    recipe["train"].update(max_steps=8, learning_rate=0.05)
-    (folder / "r.yaml").write_text(yaml.safe_dump(recipe))
-    result = CliRunner().invoke(main, ["train", str(folder / "r.yaml"), "--output-dir", str(folder / "runs")])
-    assert result.exit_code == 0, result.output
-    [run] = resolve([str(folder / "runs")])
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, set_seed
 from transformers.generation.streamers import BaseStreamer
 
-from asymtune.inference.generation import left_padded
+from asymtune.inference.generation import end_tokens, left_padded
 from asymtune.inference.sampling import Sampling
 
 GATHER_S = 0.02  # after the first request of a call arrives, how long to wait for others to join it
@@ -90,15 +90,15 @@ class Row:
             self.finish = "cancelled"
             return
         if token in ends:
-            self._end("stop", decode(self.tokens))
+            self.end("stop", decode(self.tokens))
             return
         self.tokens.append(token)
         text = decode(self.tokens)
         cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
         if cut >= 0:
-            self._end("stop", text[:cut])
+            self.end("stop", text[:cut])
         elif len(self.tokens) >= request.sampling.max_new_tokens:
-            self._end("length", text)
+            self.end("length", text)
         else:
             held = max((len(stop) - 1 for stop in request.stop), default=0)  # could be the start of a stop string
             ready = text[:len(text) - held] if held else text
@@ -110,7 +110,8 @@ class Row:
             self.request.sink(Event(self.index, text[len(self.sent):]))
             self.sent = text
 
-    def _end(self, reason: str, text: str) -> None:
+    def end(self, reason: str, text: str) -> None:
+        """Send what of `text` is not sent yet, then the finish event for `reason`."""
         self._send(text)
         self.finish = reason
         self.request.sink(Event(self.index, finish=reason, tokens=len(self.tokens)))
@@ -145,7 +146,7 @@ class _RowStreamer(BaseStreamer):
         """Rows still open when generation stops (it reached the longest max_tokens) end at their length."""
         for row in self.rows:
             if row.finish is None:
-                row._end("length", self.decode(row.tokens))
+                row.end("length", self.decode(row.tokens))
 
 
 class Batcher:
@@ -243,7 +244,7 @@ class Batcher:
         sampling = Sampling(max(r.request.sampling.max_new_tokens for r in rows), first.sampling.temperature,
                             first.sampling.top_p, first.sampling.seed)
         config = sampling.config(model, tokenizer.pad_token_id)
-        ends = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]) - {None}
+        ends = end_tokens(config)
 
         def decode(tokens: list[int]) -> str:
             return tokenizer.decode(tokens, skip_special_tokens=True)

@@ -43,7 +43,7 @@ def complete(model, tokenizer, prompts: list[list[int]], sampling: Sampling, bat
     `adapter_names` (one per prompt, a PEFT model holding them), each prompt answered by its own adapter."""
     set_seed(sampling.seed)
     config = sampling.config(model, tokenizer.pad_token_id)
-    ends = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
+    ends = end_tokens(config)
     answers: list[str] = []
     generated: list[list[int]] = []
     started = time.perf_counter()
@@ -59,7 +59,13 @@ def complete(model, tokenizer, prompts: list[list[int]], sampling: Sampling, bat
     return Completions(answers, generated, time.perf_counter() - started)
 
 
-def _up_to_end(ids: list[int], ends: set[int | None]) -> list[int]:
+def end_tokens(config) -> set[int]:
+    """The token ids that end an answer under generation `config` (its eos_token_id: one id or a list)."""
+    ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    return {token for token in ids if token is not None}
+
+
+def _up_to_end(ids: list[int], ends: set[int]) -> list[int]:
     """The tokens generated for one answer: up to and including its first end token (the rest is padding)."""
     return ids[:next((i + 1 for i, token in enumerate(ids) if token in ends), len(ids))]
 

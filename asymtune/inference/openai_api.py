@@ -30,7 +30,7 @@ class ApiError(Exception):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore")
 
     model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -43,6 +43,7 @@ class _Request(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logprobs: Any = None
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -64,6 +65,19 @@ class _Request(BaseModel):
     @property
     def stops(self) -> tuple[str, ...]:
         return tuple(self.stop or ())
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def tokens_field(self) -> str:
+        """The field that set `requested_tokens`, for error messages."""
+        return "max_tokens"
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
 
 
 class TextPart(BaseModel):
@@ -87,7 +101,6 @@ class ChatRequest(_Request):
 
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    stream_options: dict[str, Any] | None = None
     tools: list[Any] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -114,10 +127,6 @@ class ChatRequest(_Request):
         """The messages as {role, content} text turns (a developer turn is a system turn)."""
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in self.messages]
 
-    @property
-    def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
-
 
 class CompletionRequest(_Request):
     """POST /v1/completions: one prompt, or several (each answered `n` times)."""
@@ -126,7 +135,6 @@ class CompletionRequest(_Request):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-    stream_options: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _completion_refused(self) -> CompletionRequest:
@@ -141,18 +149,6 @@ class CompletionRequest(_Request):
     @property
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
-
-    @property
-    def requested_tokens(self) -> int | None:
-        return self.max_tokens
-
-    @property
-    def tokens_field(self) -> str:
-        return "max_tokens"
-
-    @property
-    def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
 
 
 class _Refused(ValueError):
