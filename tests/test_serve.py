@@ -111,6 +111,18 @@ def test_hostile_requests_get_4xx_naming_the_field_and_the_server_stays_up(serve
     assert chat(served, QUESTIONS[1])["choices"][0]["message"]["content"] is not None
 
 
+def test_a_request_the_queue_cannot_hold_is_refused_whole_and_what_it_queued_is_dropped(served):
+    health = served.removesuffix("/v1") + "/health"
+    body = {"model": "base", "prompt": [f"prompt {i}" for i in range(9)], "n": 8, "max_tokens": 40}  # 72 > 64 held
+    reply = httpx.post(f"{served}/completions", json=body, timeout=60)
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "server_busy", reply.text
+    deadline = time.monotonic() + 60
+    while httpx.get(health).json()["answers_held"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(health).json()["answers_held"] == 0
+    assert chat(served, QUESTIONS[3])["choices"][0]["message"]["content"] is not None
+
+
 def test_a_full_queue_refuses_and_a_closing_batcher_finishes_what_it_took(sft_run, tmp_path):
     model = causal.open_run(str(sft_run.path), sft_run.path.parent, tmp_path, log=lambda _: None)
     ids = model.prompt_ids([{"role": "user", "content": QUESTIONS[0]}], 8, "test")

@@ -21,9 +21,13 @@ class CausalLM:
     tokenizer: Any
     style: str
 
+    def conversation_ids(self, conversation: list[dict[str, str]]) -> list[int]:
+        """Token ids of the prompt for the next assistant turn, rendered in this model's style."""
+        return prompts.token_ids(self.tokenizer, prompts.render(conversation, self.style, self.tokenizer))
+
     def prompt_ids(self, conversation: list[dict[str, str]], max_new_tokens: int, what: str) -> list[int]:
-        """Token ids of the prompt for the next assistant turn; PromptError naming `what` if it does not fit."""
-        ids = prompts.token_ids(self.tokenizer, prompts.render(conversation, self.style, self.tokenizer))
+        """`conversation_ids`; PromptError naming `what` if they do not fit with `max_new_tokens`."""
+        ids = self.conversation_ids(conversation)
         prompts.check_fits(ids, max_new_tokens, self.model, what)
         return ids
 

@@ -130,9 +130,8 @@ def build_app(models: dict[str, CausalLM], limits: Limits = Limits()):
     async def chat_completions(request: HttpRequest):
         asked = parse(ChatRequest, await body_of(request))
         model = lookup(asked.model)
-        ids = _prompt_ids(model.lm, lambda: prompts.token_ids(
-            model.lm.tokenizer, prompts.render(asked.conversation, model.lm.style, model.lm.tokenizer)), "messages")
-        work = _submit(model, ids, asked, "messages")
+        ids = _prompt_ids(lambda: model.lm.conversation_ids(asked.conversation), "messages")
+        [work] = submit_all([prepare(model, ids, asked, "messages")])
         reply = Reply("chatcmpl", asked.model, [len(ids)], asked.n)
         if asked.stream:
             return StreamingResponse(reply.chat_chunks(work, asked.include_usage), media_type="text/event-stream")
@@ -142,35 +141,46 @@ def build_app(models: dict[str, CausalLM], limits: Limits = Limits()):
     async def completions(request: HttpRequest):
         asked = parse(CompletionRequest, await body_of(request))
         model = lookup(asked.model)
-        prompt_ids = [_prompt_ids(model.lm, lambda text=text: prompts.token_ids(model.lm.tokenizer, text),
-                                  "prompt") for text in asked.prompts]
-        works = [_submit(model, ids, asked, "prompt") for ids in prompt_ids]
+        prompt_ids = [_prompt_ids(lambda text=text: prompts.token_ids(model.lm.tokenizer, text), "prompt")
+                      for text in asked.prompts]
+        works = submit_all([prepare(model, ids, asked, "prompt") for ids in prompt_ids])
         reply = Reply("cmpl", asked.model, [len(ids) for ids in prompt_ids], asked.n)
         if asked.stream:
             return StreamingResponse(reply.completion_chunks(works, asked.include_usage),
                                      media_type="text/event-stream")
         return (await reply.collect(*works)).completion()
 
-    def _submit(model: Served, ids: list[int], asked: ChatRequest | CompletionRequest, prompt_field: str) -> "Work":
+    def prepare(model: Served, ids: list[int], asked: ChatRequest | CompletionRequest, prompt_field: str) -> "Work":
+        """The Work for one prompt of `asked` (its max_tokens checked), not yet submitted."""
         tokens = _max_tokens(model.lm, len(ids), asked.requested_tokens, asked.tokens_field, limits.max_tokens,
                              prompt_field)
         work = Work(asyncio.get_running_loop())
-        request = Request(model.generator, model.lm.tokenizer, ids, Sampling(tokens, asked.temperature, asked.top_p,
-                                                                             asked.seed or 0),
-                          work.sink, asked.n, model.adapter, asked.stops)
-        work.request = request
-        try:
-            batcher.submit(request)
-        except QueueFull as full:
-            raise ApiError(503, f"the server is busy: {full}", code="server_busy", kind="server_error") from None
-        except Stopped as stopped:
-            raise ApiError(503, str(stopped), code="shutting_down", kind="server_error") from None
+        work.request = Request(model.generator, model.lm.tokenizer, ids,
+                               Sampling(tokens, asked.temperature, asked.top_p, asked.seed or 0), work.sink, asked.n,
+                               model.adapter, asked.stops)
         return work
+
+    def submit_all(works: list["Work"]) -> list["Work"]:
+        """Hand every prompt's Work to the batcher, or none: those taken are cancelled when one is refused (503)."""
+        taken: list[Work] = []
+        try:
+            for work in works:
+                batcher.submit(work.request)
+                taken.append(work)
+        except QueueFull as full:
+            refusal = ApiError(503, f"the server is busy: {full}", code="server_busy", kind="server_error")
+        except Stopped as stopped:
+            refusal = ApiError(503, str(stopped), code="shutting_down", kind="server_error")
+        else:
+            return works
+        for work in taken:
+            work.request.cancel()
+        raise refusal
 
     return app
 
 
-def _prompt_ids(lm: CausalLM, tokenize: Callable[[], list[int]], field: str) -> list[int]:
+def _prompt_ids(tokenize: Callable[[], list[int]], field: str) -> list[int]:
     """The prompt's token ids; ApiError 400 naming `field` when it cannot be rendered or is empty."""
     import jinja2
 
