@@ -1,5 +1,6 @@
-# Entry points: `make quickstart` (install + offline end-to-end demo) and `make test` (the suite on the locked set, and
-# the install resolved for every platform); `make test-lowest` and `make test-latest` run it on the other sets.
+# Entry points: `make quickstart` (install + offline end-to-end demo) and `make test` (the suite on the locked set and
+# on the lowest versions pyproject allows, and the install resolved for every platform); `make test-latest` on the
+# newest releases.
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first, pinned with the torchvision that timm needs (this pair imports on a CPU-only
@@ -63,9 +64,8 @@ reproduce: install
 lint: install
 	$(BIN)/ruff check .
 
-# The README's test command (CI): lint, the install resolved for every platform, the suite on the locked set.
-# test-lowest joins it once the suite passes on the floors (not yet: README, Development)
-test: lint check-platforms test-locked
+# The README's test command (CI): lint, the install resolved for every platform, the suite on both sets
+test: lint check-platforms test-locked test-lowest
 
 test-locked: install
 	$(BIN)/python -m pytest
